@@ -1,0 +1,102 @@
+"""Stable-Baselines3 PPO baseline for the cleanmetta benchmark.
+
+Trains SB3 PPO with hyper-parameters matching CleanRL's ppo.py CartPole
+reference (4 envs x 128 steps, 4 minibatches, 4 epochs, lr 2.5e-4 annealed
+to 0, Tanh 64x64 actor/critic, Adam eps 1e-5) and writes every finished
+episode plus timing and memory figures to a JSON file.
+
+Usage:
+    python benchmarks/sb3_ppo.py --env-id CartPole-v1 --total-timesteps 500000 \
+        --seed 1 --threads 1 --out sb3_cartpole.json
+"""
+
+import time
+
+START = time.perf_counter()  # before heavy imports, so wall_seconds includes them
+
+import argparse
+import json
+import resource
+
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+
+class EpisodeRecorder(BaseCallback):
+    """Collects [step, seconds, return, length] for every finished episode."""
+
+    def __init__(self):
+        super().__init__()
+        self.episodes = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            ep = info.get("episode")  # added by the Monitor wrapper on episode end
+            if ep is not None:
+                seconds = time.perf_counter() - START
+                self.episodes.append([self.num_timesteps, seconds, float(ep["r"]), int(ep["l"])])
+        return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", default="CartPole-v1")
+    parser.add_argument("--total-timesteps", type=int, default=500_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    parser.add_argument("--out", required=True, help="path of the JSON result")
+    args = parser.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    envs = make_vec_env(args.env_id, n_envs=4, seed=args.seed)  # DummyVecEnv + Monitor
+    model = PPO(
+        "MlpPolicy",
+        envs,
+        learning_rate=lambda progress_remaining: progress_remaining * 2.5e-4,
+        n_steps=128,
+        batch_size=128,  # 4 envs * 128 steps / 4 minibatches
+        n_epochs=4,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_range=0.2,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        normalize_advantage=True,
+        policy_kwargs=dict(
+            net_arch=dict(pi=[64, 64], vf=[64, 64]),
+            activation_fn=torch.nn.Tanh,
+            ortho_init=True,
+            optimizer_kwargs=dict(eps=1e-5),
+        ),
+        seed=args.seed,
+        device="cpu",
+        verbose=0,
+    )
+
+    recorder = EpisodeRecorder()
+    train_start = time.perf_counter()
+    model.learn(total_timesteps=args.total_timesteps, callback=recorder)
+    train_seconds = time.perf_counter() - train_start
+
+    result = {
+        "library": "sb3",
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "total_timesteps": args.total_timesteps,
+        "wall_seconds": time.perf_counter() - START,
+        "train_seconds": train_seconds,
+        "steps_per_second": args.total_timesteps / train_seconds,
+        "episodes": recorder.episodes,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

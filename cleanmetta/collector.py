@@ -1,0 +1,104 @@
+"""RolloutCollector: steps the vector env with the policy and fills an Experience buffer.
+
+One `collect()` runs `experience.num_steps` steps of every environment: one batched policy forward
+per step under `torch.inference_mode()`, actions to the env, the env's answer into the buffer. It
+also tracks episode returns and lengths and reports the episodes that finished.
+
+Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that env's reset step;
+its action is ignored and its transition joins two episodes, so it is stored with valid = 0 and
+never trained on.
+
+Device handling: environment outputs stay in host numpy arrays for the whole rollout and reach
+the device in one copy each at the end; observations go to the device every step through a pinned
+host buffer with a non-blocking copy. The only per-step host sync is reading the actions back,
+which the env needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from cleanmetta.envs import check_autoreset, check_spaces
+from cleanmetta.experience import Experience
+
+
+class RolloutCollector:
+    def __init__(self, vecenv, policy, experience: Experience, device: torch.device | str = "cpu"):
+        check_spaces(vecenv.single_observation_space, vecenv.single_action_space)
+        check_autoreset(vecenv)
+        if experience.num_agents != vecenv.num_envs:
+            raise ValueError(f"experience holds {experience.num_agents} agents but the vector env has "
+                             f"{vecenv.num_envs}; build it with Experience.for_env(vecenv, ...)")
+        self.vecenv, self.policy, self.experience = vecenv, policy, experience
+        self.device = torch.device(device)
+        T, B = experience.num_steps, experience.num_agents
+
+        self.action_shape = vecenv.action_space.shape  # what vecenv.step expects: (B,), (B, k) or (B, d)
+        space = vecenv.single_action_space
+        bounded = isinstance(space, spaces.Box) and np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))
+        self.action_bounds = (space.low, space.high) if bounded else None
+
+        # Host-side rollout columns, copied to the experience once per rollout.  [T, B]
+        self.rewards = np.zeros((T, B), np.float32)
+        self.terminals = np.zeros((T, B), np.float32)
+        self.dones = np.zeros((T, B), np.float32)
+        self.valid = np.zeros((T, B), np.float32)
+
+        # Episode bookkeeping, carried across rollouts.  [B]
+        self.prev_done = np.zeros(B, bool)
+        self.episode_return = np.zeros(B, np.float64)
+        self.episode_length = np.zeros(B, np.int64)
+
+        pin = self.device.type == "cuda"
+        self.obs_host = torch.empty(experience.obs.shape[1:], dtype=experience.obs.dtype, pin_memory=pin)
+        obs, _ = vecenv.reset()
+        self.next_obs = self._obs_to_device(obs)
+
+    def _obs_to_device(self, obs: np.ndarray) -> torch.Tensor:
+        # Safe to reuse the pinned buffer: the previous copy finished before the actions were read back.
+        self.obs_host.copy_(torch.from_numpy(np.asarray(obs)))
+        return self.obs_host.to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def collect(self) -> tuple[dict[str, np.ndarray], int]:
+        """Fill the experience with one rollout; returns (finished-episode stats, agent steps taken)."""
+        exp = self.experience
+        finished_returns, finished_lengths = [], []
+        for t in range(exp.num_steps):
+            obs = self.next_obs
+            action, logprob, _, value = self.policy.get_action_and_value(obs)
+            exp.obs[t] = obs
+            exp.actions[t] = action
+            exp.logprobs[t] = logprob
+            exp.values[t] = value
+
+            env_action = action.cpu().numpy().reshape(self.action_shape)
+            if self.action_bounds is not None:
+                env_action = np.clip(env_action, *self.action_bounds)
+            next_obs, reward, terminated, truncated, _ = self.vecenv.step(env_action)
+
+            done = terminated | truncated
+            self.rewards[t] = reward
+            self.terminals[t] = terminated
+            self.dones[t] = done
+            self.valid[t] = ~self.prev_done
+            self.episode_return += reward
+            self.episode_length += ~self.prev_done
+            if done.any():
+                finished_returns.append(self.episode_return[done].copy())
+                finished_lengths.append(self.episode_length[done].copy())
+                self.episode_return[done] = 0.0
+                self.episode_length[done] = 0
+            self.prev_done = done
+            self.next_obs = self._obs_to_device(next_obs)
+
+        exp.last_value.copy_(self.policy.get_value(self.next_obs))
+        for name in ("rewards", "terminals", "dones", "valid"):
+            getattr(exp, name).copy_(torch.from_numpy(getattr(self, name)), non_blocking=True)
+        stats = {
+            "episodic_return": np.concatenate(finished_returns) if finished_returns else np.zeros(0),
+            "episodic_length": np.concatenate(finished_lengths) if finished_lengths else np.zeros(0, np.int64),
+        }
+        return stats, exp.batch_size

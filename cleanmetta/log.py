@@ -1,0 +1,121 @@
+"""StatsLogger: TensorBoard scalars, a per-episode CSV and the console progress line.
+
+A run directory holds:
+- `config.json`: the resolved TrainingConfig the run was started with;
+- TensorBoard event files under CleanRL's tags (charts/episodic_return, charts/SPS,
+  losses/value_loss, ...; one losses/<name> per custom loss);
+- `episodes.csv`: agent_steps, wall-clock seconds, return and length of every finished episode.
+
+This module only records; it never changes what it is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+# update() stats key -> TensorBoard tag; any other key (a custom loss) is logged as losses/<key>.
+LOSS_TAGS = {
+    "policy_loss": "losses/policy_loss",
+    "value_loss": "losses/value_loss",
+    "entropy": "losses/entropy",
+    "approx_kl": "losses/approx_kl",
+    "clipfrac": "losses/clipfrac",
+    "explained_variance": "losses/explained_variance",
+}
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class StatsLogger:
+    def __init__(self, run_dir: str, config: Any = None, total_timesteps: int | None = None,
+                 tensorboard: bool = True, console_interval: float = 5.0, start_step: int = 0):
+        self.run_dir = run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        if config is not None:
+            with open(os.path.join(run_dir, "config.json"), "w") as f:
+                json.dump(dataclasses.asdict(config), f, indent=2)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(run_dir)
+        episodes_path = os.path.join(run_dir, "episodes.csv")
+        is_new = not os.path.exists(episodes_path)
+        self.episodes_file = open(episodes_path, "a")
+        if is_new:
+            self.episodes_file.write("agent_steps,seconds,return,length\n")
+        self.total_timesteps = total_timesteps
+        self.console_interval = console_interval
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.start_time = time.perf_counter()
+        self.start_step = start_step
+        self.last_print = -math.inf
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start_time
+
+    def steps_per_second(self, agent_steps: int) -> float:
+        return (agent_steps - self.start_step) / max(self.elapsed, 1e-9)
+
+    @property
+    def mean_recent_return(self) -> float:
+        return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is not None:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def log_epoch(self, agent_steps: int, rollout_stats: dict[str, np.ndarray], update_stats: dict[str, float],
+                  learning_rate: float) -> None:
+        """Record one epoch: its finished episodes, its update's losses, speed and learning rate."""
+        returns, lengths = rollout_stats["episodic_return"], rollout_stats["episodic_length"]
+        seconds = self.elapsed
+        for episode_return, length in zip(returns.tolist(), lengths.tolist()):
+            self.episodes_file.write(f"{agent_steps},{seconds:.3f},{episode_return:.6g},{length}\n")
+        self.recent_returns.extend(returns.tolist())
+
+        sps = self.steps_per_second(agent_steps)
+        scalars = {"charts/SPS": sps, "charts/learning_rate": learning_rate}
+        if len(returns):
+            scalars["charts/episodic_return"] = float(np.mean(returns))
+            scalars["charts/episodic_length"] = float(np.mean(lengths))
+        for key, value in update_stats.items():
+            scalars[LOSS_TAGS.get(key, f"losses/{key}")] = value
+        self.log_scalars(agent_steps, scalars)
+
+        done = self.total_timesteps is not None and agent_steps >= self.total_timesteps
+        if done or seconds - self.last_print >= self.console_interval:
+            self.last_print = seconds
+            print(self.progress_line(agent_steps, sps, update_stats), flush=True)
+
+    def progress_line(self, agent_steps: int, sps: float, update_stats: dict[str, float]) -> str:
+        if self.total_timesteps:
+            percent = 100.0 * agent_steps / self.total_timesteps
+            eta = (self.total_timesteps - agent_steps) / sps if sps > 0 else float("inf")
+            head = f"[{percent:5.1f}%] step {agent_steps:,}/{self.total_timesteps:,} | ETA {format_duration(eta)}"
+        else:
+            head = f"step {agent_steps:,}"
+        losses = " ".join(f"{key} {update_stats[key]:.3g}" for key in ("policy_loss", "value_loss", "entropy")
+                          if key in update_stats)
+        return f"{head} | {sps:,.0f} SPS | return {self.mean_recent_return:.1f} (last 20) | {losses}"
+
+    def close(self) -> None:
+        self.episodes_file.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,199 @@
+"""Policy networks: an actor-critic maps a batch of observations to an action distribution and a value.
+
+Every policy is a `Policy`: `forward(obs)` returns the action-distribution parameters and the value
+`[B]`; `get_action_and_value(obs, action=None)` samples (or scores a given) action and returns
+`(action, logprob, entropy, value)`; `get_value(obs)` returns the value alone. Actions are always
+`[B, action_dim]`: one column for Discrete, one per sub-action for MultiDiscrete, the vector for Box.
+
+Two networks, chosen by `AgentConfig.name` through the `POLICIES` table:
+- "mlp": separate actor and critic MLPs with tanh (CleanRL's sizes by default).
+- "simple_cnn": a convolutional trunk shared by the actor and critic heads, for image or grid
+  observations.
+
+The action distributions are written out by hand rather than with torch.distributions: at a batch
+of a few environments the distribution objects cost more than the network itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from cleanmetta.config import AgentConfig, ConfigError
+from cleanmetta.envs import check_spaces
+
+
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights with gain `std` and constant bias, the PPO reference initialisation."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class CategoricalHead(nn.Module):
+    """Independent categorical distributions over logits split by `nvec` (Discrete is one split)."""
+
+    def __init__(self, nvec: list[int]):
+        super().__init__()
+        self.nvec = [int(n) for n in nvec]
+        self.num_outputs = sum(self.nvec)
+
+    def _parts(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Discrete skips split(): at rollout batch sizes every avoided op is measurable.
+        return (logits,) if len(self.nvec) == 1 else logits.split(self.nvec, -1)
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        # Gumbel-max: argmax(logits + Gumbel noise) is a sample of softmax(logits); -log(Exp(1)) is Gumbel.
+        return self.mode(logits - torch.empty_like(logits).exponential_().log())
+
+    def mode(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.stack([part.argmax(-1) for part in self._parts(logits)], -1)
+
+    def log_prob_entropy(self, logits: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logprob, entropy = 0.0, 0.0
+        for i, part in enumerate(self._parts(logits)):
+            logp = part.log_softmax(-1)
+            logprob = logprob + logp.gather(-1, action[:, i : i + 1]).squeeze(-1)
+            entropy = entropy - (logp.exp() * logp).sum(-1)
+        return logprob, entropy
+
+
+class GaussianHead(nn.Module):
+    """Diagonal Gaussian with a state-independent, learned log standard deviation."""
+
+    def __init__(self, action_dim: int):
+        super().__init__()
+        self.num_outputs = action_dim
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def sample(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean + self.log_std.exp() * torch.randn_like(mean)
+
+    def mode(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean
+
+    def log_prob_entropy(self, mean: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_std = self.log_std.expand_as(mean)
+        z = (action - mean) / log_std.exp()
+        logprob = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(-1)
+        return logprob, entropy
+
+
+def make_head(action_space: spaces.Space) -> CategoricalHead | GaussianHead:
+    if isinstance(action_space, spaces.Discrete):
+        return CategoricalHead([int(action_space.n)])
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return CategoricalHead(list(action_space.nvec))
+    return GaussianHead(int(np.prod(action_space.shape)))
+
+
+class Policy(nn.Module):
+    """Actor-critic base: subclasses define `forward(obs) -> (distribution params, value [B])`."""
+
+    head: CategoricalHead | GaussianHead
+
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self(obs)[1]
+
+    def get_action_and_value(
+        self, obs: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample an action (or score `action`): returns action [B, A], logprob [B], entropy [B], value [B]."""
+        params, value = self(obs)
+        if action is None:
+            action = self.head.sample(params)
+        logprob, entropy = self.head.log_prob_entropy(params, action)
+        return action, logprob, entropy, value
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions only: the distribution's mode when deterministic, else a sample."""
+        params, _ = self(obs)
+        return self.head.mode(params) if deterministic else self.head.sample(params)
+
+
+class MLP(nn.Module):
+    """Linear layers with tanh between them. Calls F.linear directly: nn.Module calls cost more
+    than a small layer's arithmetic at rollout batch sizes."""
+
+    def __init__(self, sizes: list[int], out_std: float):
+        super().__init__()
+        self.layers = nn.ModuleList(layer_init(nn.Linear(a, b)) for a, b in zip(sizes[:-1], sizes[1:]))
+        layer_init(self.layers[-1], std=out_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *hidden, last = self.layers
+        for layer in hidden:
+            x = torch.tanh(F.linear(x, layer.weight, layer.bias))
+        return F.linear(x, last.weight, last.bias)
+
+
+class MLPPolicy(Policy):
+    """Separate actor and critic MLPs over flattened observations (CleanRL's ppo.py network)."""
+
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 64):
+        super().__init__()
+        obs_dim = int(np.prod(observation_space.shape))
+        self.head = make_head(action_space)
+        self.actor = MLP([obs_dim, hidden_size, hidden_size, self.head.num_outputs], out_std=0.01)
+        self.critic = MLP([obs_dim, hidden_size, hidden_size, 1], out_std=1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = obs.flatten(1).float()
+        return self.actor.forward(x), self.critic.forward(x).squeeze(-1)
+
+
+class CNNPolicy(Policy):
+    """Convolutional trunk -> dense layer of `hidden_size` -> actor and critic heads.
+
+    Observations are [C, H, W], or [H, W, C] when the last axis is the shortest and at most 4 long
+    (RGB frames). uint8 observations are scaled to [0, 1]. Large frames (36 pixels or more) get the
+    Nature-DQN trunk (8x8/4, 4x4/2, 3x3/1); small grids get two padded 3x3 convolutions.
+    """
+
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 512):
+        super().__init__()
+        shape = observation_space.shape
+        if len(shape) != 3:
+            raise ValueError(f"simple_cnn needs [C, H, W] or [H, W, C] observations, got shape {shape}; "
+                             "use agent.name='mlp' for vector observations")
+        self.channels_last = shape[-1] <= 4 and shape[-1] < min(shape[0], shape[1])
+        channels, height, width = (shape[2], shape[0], shape[1]) if self.channels_last else shape
+        self.scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
+        if min(height, width) >= 36:
+            convs = [nn.Conv2d(channels, 32, 8, stride=4), nn.Conv2d(32, 64, 4, stride=2), nn.Conv2d(64, 64, 3)]
+        else:
+            convs = [nn.Conv2d(channels, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1)]
+        layers: list[nn.Module] = []
+        for conv in convs:
+            layers += [layer_init(conv), nn.ReLU()]
+        self.trunk = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.trunk(torch.zeros(1, channels, height, width)).shape[1]
+        self.dense = layer_init(nn.Linear(flat, hidden_size))
+        self.head = make_head(action_space)
+        self.actor = layer_init(nn.Linear(hidden_size, self.head.num_outputs), std=0.01)
+        self.critic = layer_init(nn.Linear(hidden_size, 1), std=1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = obs.float() * self.scale
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        hidden = F.relu(self.dense(self.trunk(x)))
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+POLICIES: dict[str, type[Policy]] = {"mlp": MLPPolicy, "simple_cnn": CNNPolicy}
+
+
+def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
+    """Build the network named by `agent_config.name` for one agent's observation and action spaces."""
+    check_spaces(observation_space, action_space)
+    if agent_config.name not in POLICIES:
+        raise ConfigError(f"agent.name={agent_config.name!r} is not a known network; choose one of {sorted(POLICIES)}")
+    return POLICIES[agent_config.name](observation_space, action_space, agent_config.hidden_size)

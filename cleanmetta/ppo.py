@@ -1,0 +1,134 @@
+"""PPOOptimizer: the clipped PPO objective and the epochs-by-minibatches update that minimises it.
+
+`compute_ppo_loss` is the objective on one minibatch (usable on its own); `update` computes GAE on
+an Experience, then runs `update_epochs` passes of shuffled minibatches, adding every custom loss
+to the PPO loss on each minibatch. A custom loss is any callable
+
+    fn(policy, obs, actions, rewards, values, advantages) -> scalar tensor
+
+over the minibatch (values are the rollout's value estimates, advantages the raw GAE advantages);
+its value is reported under its `__name__`.
+
+This module owns the objective and the optimiser steps; the optimiser and its learning rate
+schedule belong to the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from cleanmetta.config import PPOConfig
+from cleanmetta.experience import Experience
+
+CustomLoss = Callable[..., torch.Tensor]
+
+
+class PPOLosses(NamedTuple):
+    """total_loss = policy_loss - ent_coef * entropy_loss + vf_coef * value_loss."""
+
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy_loss: torch.Tensor  # mean entropy of the current policy (a bonus: it is subtracted)
+    total_loss: torch.Tensor
+    approx_kl: torch.Tensor     # E[(ratio - 1) - log ratio], no gradient
+    clipfrac: torch.Tensor      # fraction of samples with |ratio - 1| > clip_coef, no gradient
+
+
+def loss_name(fn: CustomLoss) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns]: 1 is a perfect critic, <= 0 no better than a constant."""
+    var_returns = returns.var()
+    if var_returns == 0:
+        return float("nan")
+    return float(1 - (returns - values).var() / var_returns)
+
+
+class PPOOptimizer:
+    def __init__(self, policy: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | str,
+                 config: PPOConfig | None = None):
+        self.policy, self.optimizer = policy, optimizer
+        self.device = torch.device(device)
+        self.config = config if config is not None else PPOConfig()
+
+    def compute_ppo_loss(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
+                         advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor) -> PPOLosses:
+        """The PPO loss on one minibatch; `values` are the rollout's (old) value estimates."""
+        cfg = self.config
+        _, new_logprobs, entropy, new_values = self.policy.get_action_and_value(obs, actions)
+        log_ratio = new_logprobs - old_logprobs
+        ratio = log_ratio.exp()
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - log_ratio).mean()
+            clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+
+        if cfg.norm_adv and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        policy_loss = torch.max(-advantages * ratio,
+                                -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+
+        value_error = (new_values - returns).pow(2)
+        if cfg.clip_vloss:
+            clipped_values = values + (new_values - values).clamp(-cfg.clip_coef, cfg.clip_coef)
+            value_error = torch.max(value_error, (clipped_values - returns).pow(2))
+        value_loss = 0.5 * value_error.mean()
+
+        entropy_loss = entropy.mean()
+        total_loss = policy_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+        return PPOLosses(policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac)
+
+    def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = ()) -> dict[str, float]:
+        """GAE, then `update_epochs` x `num_minibatches` optimiser steps; returns mean losses and diagnostics."""
+        cfg = self.config
+        experience.compute_advantages(cfg.gamma, cfg.gae_lambda)
+        batch = experience.batch()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        names = ["policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"] + [loss_name(f) for f in custom_loss_fns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
+        totals = torch.zeros(len(names), device=self.device)
+        num_updates = 0
+
+        for _ in range(cfg.update_epochs):
+            order = torch.randperm(batch.obs.shape[0], device=self.device)
+            for idx in order.tensor_split(cfg.num_minibatches):
+                if idx.numel() == 0:  # fewer valid samples than minibatches
+                    continue
+                losses = self.compute_ppo_loss(batch.obs[idx], batch.actions[idx], batch.logprobs[idx],
+                                               batch.advantages[idx], batch.returns[idx], batch.values[idx])
+                loss = losses.total_loss
+                custom_values = []
+                for fn in custom_loss_fns:
+                    value = fn(self.policy, batch.obs[idx], batch.actions[idx], batch.rewards[idx],
+                               batch.values[idx], batch.advantages[idx])
+                    loss = loss + value
+                    custom_values.append(value.detach())
+                if not torch.isfinite(loss):
+                    terms = dict(zip(names, [losses.policy_loss, losses.value_loss, losses.entropy_loss,
+                                             *custom_values]))
+                    raise FloatingPointError(
+                        "PPO loss is not finite ("
+                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+                        + "); lower trainer.learning_rate, check the env's rewards and observations for "
+                        "NaN/inf, or check the custom losses")
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+
+                totals += torch.stack([losses.policy_loss.detach(), losses.value_loss.detach(),
+                                       losses.entropy_loss.detach(), losses.approx_kl, losses.clipfrac,
+                                       *custom_values])
+                num_updates += 1
+            if cfg.target_kl is not None and losses.approx_kl > cfg.target_kl:
+                break
+
+        stats = dict(zip(names, (totals / num_updates).tolist()))
+        stats["explained_variance"] = explained_variance(batch.values, batch.returns)
+        return stats

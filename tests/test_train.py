@@ -1,0 +1,95 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from cleanmetta.config import TrainingConfig, small_fast_config
+from cleanmetta.trainer import learning_rate_at, resolve_device
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def quick_config(run_root, steps=2048, seed=1, **log) -> TrainingConfig:
+    config = small_fast_config()
+    config.trainer.total_timesteps = steps
+    config.seed = seed
+    config.experiment_name = f"test_seed{seed}"
+    config.log.run_root = run_root
+    config.log.console_interval = 1e9
+    for key, value in log.items():
+        setattr(config.log, key, value)
+    return config
+
+
+def test_same_seed_gives_identical_parameters(tmp_run_root):
+    a = train.main(quick_config(tmp_run_root + "/a", tensorboard=False))["policy"]
+    b = train.main(quick_config(tmp_run_root + "/b", tensorboard=False))["policy"]
+    c = train.main(quick_config(tmp_run_root + "/c", seed=2, tensorboard=False))["policy"]
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+def test_short_cartpole_run_beats_a_random_policy(tmp_run_root):
+    # A uniformly random policy averages about 22 on CartPole-v1.
+    result = train.main(quick_config(tmp_run_root, steps=20_000, tensorboard=False))
+    assert result["agent_steps"] >= 20_000
+    assert result["mean_return"] > 80
+
+
+def test_run_directory_holds_config_episodes_and_tensorboard_tags(tmp_run_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = quick_config(tmp_run_root, steps=4096)
+    result = train.main(config)
+    run_dir = result["run_dir"]
+    assert run_dir == os.path.join(tmp_run_root, "test_seed1")
+    with open(os.path.join(run_dir, "config.json")) as f:
+        assert json.load(f)["trainer"]["total_timesteps"] == 4096
+    with open(os.path.join(run_dir, "episodes.csv")) as f:
+        header, *rows = f.read().splitlines()
+    assert header == "agent_steps,seconds,return,length" and len(rows) > 10
+    tags = EventAccumulator(run_dir).Reload().Tags()["scalars"]
+    for tag in ("charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
+                "losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
+                "losses/clipfrac", "losses/explained_variance"):
+        assert tag in tags, tag
+
+
+def test_learning_rate_anneals_linearly_to_zero():
+    trainer = TrainingConfig().trainer
+    assert learning_rate_at(trainer, 0, 10) == trainer.learning_rate
+    assert learning_rate_at(trainer, 5, 10) == pytest.approx(trainer.learning_rate / 2)
+    assert learning_rate_at(trainer, 9, 10) == pytest.approx(trainer.learning_rate / 10)
+    trainer.anneal_lr = False
+    assert learning_rate_at(trainer, 9, 10) == trainer.learning_rate
+
+
+def test_cuda_request_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="device='cuda' but torch.cuda.is_available\\(\\) is False"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_train_script_runs_from_the_command_line(tmp_run_root):
+    out = subprocess.run(
+        [sys.executable, "train.py", "--trainer.total-timesteps", "1024", "--env.id", "Acrobot-v1",
+         "--log.run-root", tmp_run_root, "--experiment-name", "cli", "--log.no-tensorboard"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[100.0%] step 1,024/1,024" in out.stdout and "SPS" in out.stdout
+    assert os.path.exists(os.path.join(tmp_run_root, "cli", "config.json"))
+
+
+def test_train_script_rejects_an_invalid_value(tmp_run_root):
+    out = subprocess.run([sys.executable, "train.py", "--ppo.num-minibatches", "3", "--log.run-root", tmp_run_root],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "ppo.num_minibatches=3 must divide the batch size" in out.stderr
