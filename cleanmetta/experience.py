@@ -31,6 +31,10 @@ class Batch(NamedTuple):
     advantages: torch.Tensor
     returns: torch.Tensor
 
+    def select(self, index: torch.Tensor | slice) -> Batch:
+        """The samples at `index` (a gather for an index tensor, views for a slice)."""
+        return Batch(*(x[index] for x in self))
+
 
 def action_layout(action_space: spaces.Space) -> tuple[tuple[int, ...], torch.dtype]:
     """Per-agent action shape and dtype as stored: Discrete (1,), MultiDiscrete (k,), Box (d,)."""

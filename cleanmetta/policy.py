@@ -17,6 +17,8 @@ of a few environments the distribution objects cost more than the network itself
 from __future__ import annotations
 
 import math
+import operator
+from functools import reduce
 
 import numpy as np
 import torch
@@ -55,12 +57,13 @@ class CategoricalHead(nn.Module):
         return torch.stack([part.argmax(-1) for part in self._parts(logits)], -1)
 
     def log_prob_entropy(self, logits: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logprob, entropy = 0.0, 0.0
+        logprobs, entropies = [], []
         for i, part in enumerate(self._parts(logits)):
             logp = part.log_softmax(-1)
-            logprob = logprob + logp.gather(-1, action[:, i : i + 1]).squeeze(-1)
-            entropy = entropy - (logp.exp() * logp).sum(-1)
-        return logprob, entropy
+            logprobs.append(logp.gather(-1, action[:, i : i + 1]).squeeze(-1))
+            entropies.append((logp.exp() * logp).sum(-1).neg())
+        # reduce() returns a lone element as is: no extra op for Discrete.
+        return reduce(operator.add, logprobs), reduce(operator.add, entropies)
 
 
 class GaussianHead(nn.Module):

@@ -94,18 +94,19 @@ class PPOOptimizer:
         totals = torch.zeros(len(names), device=self.device)
         num_updates = 0
 
+        n = batch.obs.shape[0]
+        edges = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(batch.obs.shape[0], device=self.device)
-            for idx in order.tensor_split(cfg.num_minibatches):
-                if idx.numel() == 0:  # fewer valid samples than minibatches
+            shuffled = batch.select(torch.randperm(n, device=self.device))  # one gather per epoch, then slices
+            for start, end in zip(edges[:-1], edges[1:]):
+                if start == end:  # fewer valid samples than minibatches
                     continue
-                losses = self.compute_ppo_loss(batch.obs[idx], batch.actions[idx], batch.logprobs[idx],
-                                               batch.advantages[idx], batch.returns[idx], batch.values[idx])
+                mb = shuffled.select(slice(start, end))
+                losses = self.compute_ppo_loss(mb.obs, mb.actions, mb.logprobs, mb.advantages, mb.returns, mb.values)
                 loss = losses.total_loss
                 custom_values = []
                 for fn in custom_loss_fns:
-                    value = fn(self.policy, batch.obs[idx], batch.actions[idx], batch.rewards[idx],
-                               batch.values[idx], batch.advantages[idx])
+                    value = fn(self.policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages)
                     loss = loss + value
                     custom_values.append(value.detach())
                 if not torch.isfinite(loss):
