@@ -56,8 +56,7 @@ def main(config: TrainingConfig) -> dict:
 
     logger.close()
     vecenv.close()
-    return {"run_dir": logger.run_dir, "agent_steps": agent_steps, "mean_return": logger.mean_recent_return,
-            "seconds": logger.elapsed, "policy": policy}
+    return {"run_dir": logger.run_dir, "policy": policy, **logger.summary()}
 
 
 if __name__ == "__main__":

@@ -30,12 +30,16 @@ class EpisodeRecorder(BaseCallback):
     def __init__(self):
         super().__init__()
         self.episodes = []
+        self.start = time.perf_counter()
+
+    def _on_training_start(self) -> None:
+        self.start = time.perf_counter()  # episode times count from the start of training
 
     def _on_step(self) -> bool:
         for info in self.locals["infos"]:
             ep = info.get("episode")  # added by the Monitor wrapper on episode end
             if ep is not None:
-                seconds = time.perf_counter() - START
+                seconds = time.perf_counter() - self.start
                 self.episodes.append([self.num_timesteps, seconds, float(ep["r"]), int(ep["l"])])
         return True
 
@@ -90,7 +94,8 @@ def main():
         "total_timesteps": args.total_timesteps,
         "wall_seconds": time.perf_counter() - START,
         "train_seconds": train_seconds,
-        "steps_per_second": args.total_timesteps / train_seconds,
+        "agent_steps": model.num_timesteps,
+        "steps_per_second": model.num_timesteps / train_seconds,
         "episodes": recorder.episodes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

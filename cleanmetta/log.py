@@ -4,7 +4,10 @@ A run directory holds:
 - `config.json`: the resolved TrainingConfig the run was started with;
 - TensorBoard event files under CleanRL's tags (charts/episodic_return, charts/SPS,
   losses/value_loss, ...; one losses/<name> per custom loss);
-- `episodes.csv`: agent_steps, wall-clock seconds, return and length of every finished episode.
+- `episodes.csv`: agent_steps, seconds since training started, return and length of every
+  finished episode;
+- `summary.json` when the run ends: agent steps, seconds, steps per second, mean return of the
+  last 20 episodes.
 
 This module only records; it never changes what it is given.
 """
@@ -64,6 +67,7 @@ class StatsLogger:
         self.start_time = time.perf_counter()
         self.start_step = start_step
         self.last_print = -math.inf
+        self.agent_steps = start_step
 
     @property
     def elapsed(self) -> float:
@@ -85,6 +89,7 @@ class StatsLogger:
                   learning_rate: float) -> None:
         """Record one epoch: its finished episodes, its update's losses, speed and learning rate."""
         returns, lengths = rollout_stats["episodic_return"], rollout_stats["episodic_length"]
+        self.agent_steps = agent_steps
         seconds = self.elapsed
         for episode_return, length in zip(returns.tolist(), lengths.tolist()):
             self.episodes_file.write(f"{agent_steps},{seconds:.3f},{episode_return:.6g},{length}\n")
@@ -115,7 +120,14 @@ class StatsLogger:
                           if key in update_stats)
         return f"{head} | {sps:,.0f} SPS | return {self.mean_recent_return:.1f} (last 20) | {losses}"
 
+    def summary(self) -> dict[str, float]:
+        return {"agent_steps": self.agent_steps, "seconds": self.elapsed,
+                "steps_per_second": self.steps_per_second(self.agent_steps),
+                "mean_return_last20": self.mean_recent_return}
+
     def close(self) -> None:
+        with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+            json.dump(self.summary(), f, indent=2)
         self.episodes_file.close()
         if self.writer is not None:
             self.writer.close()
