@@ -151,7 +151,7 @@ class MLPPolicy(Policy):
         self.critic = MLP([obs_dim, hidden_size, hidden_size, 1], out_std=1.0)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = obs.flatten(1).float()
+        x = obs.float() if obs.dim() == 2 else obs.flatten(1).float()
         return self.actor.forward(x), self.critic.forward(x).squeeze(-1)
 
 
