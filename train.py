@@ -2,27 +2,35 @@
 
     python train.py                                   # CartPole-v1, reference PPO settings
     python train.py --env.id Acrobot-v1 --trainer.total-timesteps 1000000
+    python train.py --config run.yaml --seed 3        # a config file, then flags on top
+    python train.py --resume runs/NAME                # continue a run from its last checkpoint
     python train.py --help                            # every flag, with its meaning
 
-Each epoch: collect a rollout into the experience buffer, run the PPO update on it, log.
+Each epoch: collect a rollout into the experience buffer, run the PPO update on it, log; every
+few epochs evaluate and checkpoint. Ctrl-C (or SIGTERM) finishes the epoch, saves and exits.
+cleanmetta.trainer.functional_training_loop runs the same epoch; a test keeps the two identical.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import sys
 
 import torch
 import tyro
 
+from cleanmetta.checkpoint import CheckpointError, PolicyStore, TrainingCheckpointer
 from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import ConfigError, TrainingConfig
-from cleanmetta.envs import UnsupportedEnvError, make_vecenv
+from cleanmetta.envs import UnsupportedEnvError, make_curriculum, make_vecenv
+from cleanmetta.evaluate import PolicyEvaluator, suite_from_config
 from cleanmetta.experience import Experience
 from cleanmetta.log import StatsLogger
+from cleanmetta.losses import make_custom_losses
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
-from cleanmetta.trainer import learning_rate_at, make_optimizer, resolve_device, run_dir_for, seed_everything
+from cleanmetta.trainer import (StopOnSignal, evaluate_and_log, learning_rate_at, make_optimizer, num_epochs_for,
+                                resolve_device, restore_checkpoint, run_dir_for, save_checkpoint, seed_everything)
 
 
 def main(config: TrainingConfig) -> dict:
@@ -30,37 +38,71 @@ def main(config: TrainingConfig) -> dict:
     device = resolve_device(config.device)
     seed_everything(config.seed, config.torch_deterministic)
     torch.set_num_threads(config.torch_threads)
+    run_dir = run_dir_for(config)
 
     # Build the parts.
-    vecenv = make_vecenv(config.env, config.seed)
+    vecenv = make_vecenv(config.env, config.seed, make_curriculum(config.env, config.curriculum))
     policy = make_policy(config.agent, vecenv.single_observation_space, vecenv.single_action_space).to(device)
     optimizer = make_optimizer(policy, config.trainer, device)
     experience = Experience.for_env(vecenv, config.trainer.num_steps, device)
+    checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir))
+    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv)
     collector = RolloutCollector(vecenv, policy, experience, device)
     ppo = PPOOptimizer(policy, optimizer, device, config.ppo)
-    logger = StatsLogger(run_dir_for(config), config, config.trainer.total_timesteps,
-                         config.log.tensorboard, config.log.console_interval)
+    custom_losses = make_custom_losses(config.ppo)
+    evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic)
+    logger = StatsLogger(run_dir, config, config.trainer.total_timesteps, config.log.tensorboard,
+                         config.log.console_interval, start_step=agent_steps)
 
     # Train.
-    num_epochs = math.ceil(config.trainer.total_timesteps / experience.batch_size)
-    agent_steps = 0
-    for epoch in range(num_epochs):
-        learning_rate = learning_rate_at(config.trainer, epoch, num_epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
+    num_epochs = num_epochs_for(config, experience)
+    scores: dict[str, float] = {}
+    with StopOnSignal() as stop:
+        while epoch < num_epochs and not stop.requested:
+            learning_rate = learning_rate_at(config.trainer, epoch, num_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
 
-        rollout_stats, num_steps = collector.collect()
-        agent_steps += num_steps
-        update_stats = ppo.update(experience)
-        logger.log_epoch(agent_steps, rollout_stats, update_stats, learning_rate)
+            rollout_stats, num_steps = collector.collect()
+            agent_steps += num_steps
+            update_stats = ppo.update(experience, custom_losses)
+            epoch += 1
+            logger.log_epoch(agent_steps, rollout_stats, update_stats, learning_rate)
+
+            if config.evaluation.interval and epoch % config.evaluation.interval == 0:
+                scores = evaluate_and_log(evaluator, policy, logger, agent_steps)
+            last = epoch >= num_epochs or stop.requested
+            if last or (config.checkpoint.interval and epoch % config.checkpoint.interval == 0):
+                save_checkpoint(checkpointer, config, policy, optimizer, epoch, agent_steps, scores)
 
     logger.close()
     vecenv.close()
-    return {"run_dir": logger.run_dir, "policy": policy, **logger.summary()}
+    return {"run_dir": run_dir, "policy": policy, "epoch": epoch, **logger.summary()}
+
+
+def parse_config(argv: list[str]) -> TrainingConfig:
+    """Flags on top of `--config FILE` or of the config saved in `--resume RUN_DIR` (flags win)."""
+    default, resume_dir = TrainingConfig(), None
+    if "--resume" in argv or "--config" in argv:
+        flag = "--resume" if "--resume" in argv else "--config"
+        i = argv.index(flag)
+        if i + 1 >= len(argv):
+            raise ConfigError(f"{flag} needs a value")
+        value, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+        if flag == "--resume":
+            resume_dir = value.rstrip("/")
+            value = os.path.join(resume_dir, "config.json")
+        default = TrainingConfig.from_yaml(value)
+    config = tyro.cli(TrainingConfig, default=default, args=argv,
+                      description=__doc__.split("\n\n")[0] + " --config FILE and --resume RUN_DIR are read first; flags override them.")
+    if resume_dir is not None:  # the run directory is what --resume names
+        config.log.run_root, config.experiment_name = os.path.split(os.path.abspath(resume_dir))
+        config.checkpoint.resume = True
+    return config
 
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(TrainingConfig))
-    except (ConfigError, UnsupportedEnvError) as err:
+        main(parse_config(sys.argv[1:]))
+    except (ConfigError, UnsupportedEnvError, CheckpointError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

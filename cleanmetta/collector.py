@@ -2,7 +2,8 @@
 
 One `collect()` runs `experience.num_steps` steps of every environment: one batched policy forward
 per step under `torch.inference_mode()`, actions to the env, the env's answer into the buffer. It
-also tracks episode returns and lengths and reports the episodes that finished.
+also tracks episode returns and lengths and reports the episodes that finished (with their task,
+when the env reports one in info["task"]).
 
 Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that env's reset step;
 its action is ignored and its transition joins two episodes, so it is stored with valid = 0 and
@@ -65,7 +66,7 @@ class RolloutCollector:
     def collect(self) -> tuple[dict[str, np.ndarray], int]:
         """Fill the experience with one rollout; returns (finished-episode stats, agent steps taken)."""
         exp = self.experience
-        finished_returns, finished_lengths = [], []
+        finished_returns, finished_lengths, finished_tasks = [], [], []
         for t in range(exp.num_steps):
             obs = self.next_obs
             action, logprob, _, value = self.policy.get_action_and_value(obs)
@@ -77,7 +78,7 @@ class RolloutCollector:
             env_action = action.cpu().numpy().reshape(self.action_shape)
             if self.action_bounds is not None:
                 env_action = np.clip(env_action, *self.action_bounds)
-            next_obs, reward, terminated, truncated, _ = self.vecenv.step(env_action)
+            next_obs, reward, terminated, truncated, infos = self.vecenv.step(env_action)
 
             done = terminated | truncated
             self.rewards[t] = reward
@@ -89,6 +90,8 @@ class RolloutCollector:
             if done.any():
                 finished_returns.append(self.episode_return[done].copy())
                 finished_lengths.append(self.episode_length[done].copy())
+                if "task" in infos:  # a curriculum env names the task each episode played
+                    finished_tasks.append(infos["task"][done])
                 self.episode_return[done] = 0.0
                 self.episode_length[done] = 0
             self.prev_done = done
@@ -101,4 +104,6 @@ class RolloutCollector:
             "episodic_return": np.concatenate(finished_returns) if finished_returns else np.zeros(0),
             "episodic_length": np.concatenate(finished_lengths) if finished_lengths else np.zeros(0, np.int64),
         }
+        if finished_tasks:
+            stats["episodic_task"] = np.concatenate(finished_tasks)
         return stats, exp.batch_size

@@ -11,8 +11,13 @@ build anything from them.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
 import math
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -83,6 +88,12 @@ class PPOConfig:
     """global gradient-norm clip."""
     target_kl: float | None = None
     """stop an update's epochs early once approx_kl exceeds this (None: never)."""
+    custom_losses: list[str] = field(default_factory=list)
+    """extra losses added to every minibatch, by name from cleanmetta/losses.py: curiosity, diversity."""
+    curiosity_coef: float = 0.01
+    """weight of the 'curiosity' loss (surprise-weighted entropy bonus)."""
+    diversity_coef: float = 0.01
+    """weight of the 'diversity' loss (entropy of the batch's average action distribution)."""
 
 
 @dataclass
@@ -95,6 +106,40 @@ class LogConfig:
     """write TensorBoard event files into the run directory."""
     console_interval: float = 5.0
     """seconds between console progress lines (0: every epoch)."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Saving and resuming."""
+
+    interval: int = 50
+    """epochs between checkpoints (policy + trainer state); one is always written at the end."""
+    resume: bool = True
+    """continue from the run directory's last checkpoint when it has one."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of the policy during training."""
+
+    interval: int = 0
+    """epochs between evaluations (0: none during training)."""
+    episodes: int = 10
+    """episodes per simulation."""
+    seed: int = 1000
+    """seed of the evaluation environments and action sampling."""
+    deterministic: bool = False
+    """act with the distribution's mode instead of sampling."""
+
+
+@dataclass
+class CurriculumConfig:
+    """Which tasks the training environments play."""
+
+    tasks: list[str] = field(default_factory=list)
+    """tasks as gymnasium ids with optional kwargs, 'ID' or 'ID:key=value,key=value' (empty: env.id alone)."""
+    weights: list[float] = field(default_factory=list)
+    """sampling weight of each task at every episode start (empty: uniform)."""
 
 
 @dataclass
@@ -116,6 +161,43 @@ class TrainingConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+
+    @property
+    def total_timesteps(self) -> int:
+        """Shortcut for trainer.total_timesteps (the seed's loops read config.total_timesteps)."""
+        return self.trainer.total_timesteps
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        """Build from a nested dict (e.g. a YAML file); unknown keys are errors naming the closest key.
+
+        Legacy Metta layouts that keep PPO settings under `trainer` (trainer.gamma, trainer.clip_coef,
+        ...) are accepted and moved to `ppo`.
+        """
+        data = _move_legacy_keys(data)
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_yaml(cls, path: str) -> TrainingConfig:
+        """Read a YAML (or JSON) file, e.g. a run directory's config.json."""
+        import yaml
+
+        with open(path) as f:
+            data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def validate(self) -> TrainingConfig:
         """Raise ConfigError listing every inconsistent value; return self when all are valid."""
@@ -176,12 +258,91 @@ class TrainingConfig:
         if ppo.target_kl is not None:
             positive("ppo.target_kl", ppo.target_kl)
 
+        from cleanmetta.losses import CUSTOM_LOSSES
+
+        for name in ppo.custom_losses:
+            check(name in CUSTOM_LOSSES, "ppo.custom_losses", ppo.custom_losses,
+                  f"names unknown loss {name!r}; choose from {sorted(CUSTOM_LOSSES)}")
+        check(len(set(ppo.custom_losses)) == len(ppo.custom_losses), "ppo.custom_losses", ppo.custom_losses,
+              "lists a loss twice")
+        non_negative("ppo.curiosity_coef", ppo.curiosity_coef)
+        non_negative("ppo.diversity_coef", ppo.diversity_coef)
+
+        check(self.checkpoint.interval >= 0, "checkpoint.interval", self.checkpoint.interval, "must be >= 0")
+        check(self.evaluation.interval >= 0, "evaluation.interval", self.evaluation.interval, "must be >= 0")
+        check(self.evaluation.episodes >= 1, "evaluation.episodes", self.evaluation.episodes, "must be >= 1")
+        curriculum = self.curriculum
+        check(not curriculum.weights or len(curriculum.weights) == len(curriculum.tasks), "curriculum.weights",
+              curriculum.weights, f"must give one weight per task ({len(curriculum.tasks)} tasks) or none")
+        check(all(math.isfinite(w) and w >= 0 for w in curriculum.weights) and (not curriculum.weights
+                                                                                 or sum(curriculum.weights) > 0),
+              "curriculum.weights", curriculum.weights, "must be finite, >= 0 and not all zero")
+
         check(bool(self.log.run_root.strip()), "log.run_root", self.log.run_root, "must be a directory path")
         non_negative("log.console_interval", self.log.console_interval)
 
         if errors:
             raise ConfigError("invalid training config:\n  " + "\n  ".join(errors))
         return self
+
+
+# Metta's older YAML kept the PPO settings in the trainer section.
+LEGACY_TRAINER_KEYS = ("gamma", "gae_lambda", "update_epochs", "num_minibatches", "norm_adv", "clip_coef",
+                       "clip_vloss", "ent_coef", "vf_coef", "max_grad_norm", "target_kl")
+
+
+def _move_legacy_keys(data: dict[str, Any]) -> dict[str, Any]:
+    trainer = data.get("trainer")
+    if not isinstance(trainer, dict) or not any(key in trainer for key in LEGACY_TRAINER_KEYS):
+        return data
+    trainer = dict(trainer)
+    ppo = dict(data.get("ppo") or {})
+    for key in LEGACY_TRAINER_KEYS:
+        if key in trainer:
+            ppo.setdefault(key, trainer.pop(key))
+    return {**data, "trainer": trainer, "ppo": ppo}
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Instantiate dataclass `cls` from `data`, recursing into nested sections, rejecting unknown keys."""
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {sorted(fields)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'; {hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, kind, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: Any, name: str) -> Any:
+    """Check `value` against a field type (int, float, str, bool, X | None, list[X]); ints pass as floats."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r} must be a list")
+        return [_coerce(item, args[0], name) for item in value]
+    if type(None) in args:  # X | None
+        return None if value is None else _coerce(value, next(a for a in args if a is not type(None)), name)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{name}={value!r} must be of type {kind.__name__}")
+    return value
 
 
 def _nearest_divisors(n: int, target: int) -> str:

@@ -7,17 +7,26 @@ Working with this mode means no extra policy forward is needed to bootstrap a tr
 the final observation is the next one fed to the policy. The collector marks the reset steps as
 invalid so no training transition ever spans two episodes.
 
-This module owns env construction and space checks; stepping is the collector's job.
+A curriculum chooses the task of every new episode: `SingleTaskCurriculum` always the same one,
+`RandomCurriculum` one drawn by weight. Tasks are gymnasium ids with optional constructor kwargs
+(`"CartPole-v1"`, `"CartPole-v1:max_episode_steps=200"`) and must share their spaces. With more
+than one task each sub-env is a `CurriculumEnv`, which reports its task in `info["task"]`.
+
+This module owns env construction, curricula and space checks; stepping is the collector's job.
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
-from cleanmetta.config import ConfigError, EnvConfig
+from cleanmetta.config import ConfigError, CurriculumConfig, EnvConfig
 
 
 class UnsupportedEnvError(ValueError):
@@ -65,27 +74,137 @@ def check_autoreset(vecenv: gym.vector.VectorEnv) -> None:
         )
 
 
-def make_vecenv(env_config: EnvConfig, seed: int) -> gym.vector.VectorEnv:
-    """Build `env_config.num_envs` copies of `env_config.id`, seeded with `seed`, seed + 1, ..."""
+@dataclass(frozen=True)
+class Task:
+    """One task: a gymnasium id and the kwargs its environment is made with."""
+
+    env_id: str
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def name(self) -> str:
+        args = ",".join(f"{k}={json.dumps(v)}" for k, v in self.kwargs.items())
+        return f"{self.env_id}:{args}" if args else self.env_id
+
+    @classmethod
+    def parse(cls, spec: str) -> Task:
+        """'ID' or 'ID:key=value,key=value'; values are read as JSON when they parse, else as strings."""
+        env_id, _, args = spec.partition(":")
+        kwargs = {}
+        for item in filter(None, args.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"curriculum task {spec!r}: {item!r} is not key=value")
+            try:
+                kwargs[key.strip()] = json.loads(value)
+            except ValueError:
+                kwargs[key.strip()] = value
+        return cls(env_id.strip(), kwargs)
+
+
+class Curriculum:
+    """Chooses the task index of each new episode from `tasks`."""
+
+    def __init__(self, tasks: list[Task]):
+        if not tasks:
+            raise ConfigError("a curriculum needs at least one task")
+        self.tasks = list(tasks)
+
+    def sample(self, rng: np.random.Generator) -> int:
+        raise NotImplementedError
+
+
+class SingleTaskCurriculum(Curriculum):
+    def __init__(self, task: Task | str):
+        super().__init__([Task.parse(task) if isinstance(task, str) else task])
+
+    def sample(self, rng: np.random.Generator) -> int:
+        return 0
+
+
+class RandomCurriculum(Curriculum):
+    """Each episode plays task i with probability weights[i] / sum(weights)."""
+
+    def __init__(self, tasks: list[Task | str], weights: list[float] | None = None):
+        super().__init__([Task.parse(t) if isinstance(t, str) else t for t in tasks])
+        weights = np.ones(len(self.tasks)) if not weights else np.asarray(weights, dtype=np.float64)
+        if len(weights) != len(self.tasks) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ConfigError(f"curriculum.weights={list(weights)} must give one weight >= 0 per task "
+                              f"({len(self.tasks)} tasks), not all zero")
+        self.probabilities = weights / weights.sum()
+
+    def sample(self, rng: np.random.Generator) -> int:
+        return int(rng.choice(len(self.tasks), p=self.probabilities))
+
+
+def make_curriculum(env_config: EnvConfig, curriculum_config: CurriculumConfig | None = None) -> Curriculum:
+    """The configured curriculum; without tasks, the single task env.id."""
+    tasks = (curriculum_config.tasks if curriculum_config else None) or [env_config.id]
+    if len(tasks) == 1:
+        return SingleTaskCurriculum(tasks[0])
+    return RandomCurriculum(tasks, curriculum_config.weights)
+
+
+class CurriculumEnv(gym.Env):
+    """A single env that plays the curriculum's choice of task each episode; info["task"] names it."""
+
+    def __init__(self, curriculum: Curriculum):
+        self.curriculum = curriculum
+        self.envs = [gym.make(task.env_id, **task.kwargs) for task in curriculum.tasks]
+        self.observation_space = self.envs[0].observation_space
+        self.action_space = self.envs[0].action_space
+        for task, env in zip(curriculum.tasks, self.envs):
+            if env.observation_space != self.observation_space or env.action_space != self.action_space:
+                raise UnsupportedEnvError(
+                    f"curriculum task {task.name} has spaces {env.observation_space}, {env.action_space}; "
+                    f"every task needs those of {curriculum.tasks[0].name}: {self.observation_space}, "
+                    f"{self.action_space}")
+        self.task = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None:  # seed every task's env, so that each one's episodes are reproducible
+            for i, env in enumerate(self.envs):
+                env.reset(seed=seed + 7919 * i)
+        self.task = self.curriculum.sample(self.np_random)
+        obs, info = self.envs[self.task].reset(options=options)
+        return obs, {**info, "task": self.curriculum.tasks[self.task].name}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.envs[self.task].step(action)
+        return obs, reward, terminated, truncated, {**info, "task": self.curriculum.tasks[self.task].name}
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None = None) -> gym.vector.VectorEnv:
+    """Build `env_config.num_envs` copies of the env (or of the curriculum's tasks), seeded with seed, seed + 1, ..."""
+    curriculum = curriculum or SingleTaskCurriculum(env_config.id)
+    task = curriculum.tasks[0]
     try:
-        spec = gym.spec(env_config.id)
+        spec = gym.spec(task.env_id)
     except gym.error.Error as err:
-        raise ConfigError(f"env.id={env_config.id!r} is not a registered gymnasium environment: {err}") from None
+        raise ConfigError(f"env.id={task.env_id!r} is not a registered gymnasium environment: {err}") from None
 
     mode = env_config.vectorization
     if mode == "auto":
-        mode = "native" if spec.vector_entry_point is not None else "sync"
-    if mode == "native" and spec.vector_entry_point is None:
-        raise ConfigError(
-            f"env.vectorization='native' but {env_config.id} has no native vector env; use 'sync' or 'async'"
-        )
-    if mode == "native":
-        vecenv = gym.make_vec(env_config.id, env_config.num_envs, vectorization_mode="vector_entry_point")
+        mode = "native" if spec.vector_entry_point is not None and len(curriculum.tasks) == 1 else "sync"
+    if mode == "native" and (spec.vector_entry_point is None or len(curriculum.tasks) > 1):
+        raise ConfigError(f"env.vectorization='native' but {task.name} has no native vector env "
+                          "(or the curriculum has several tasks); use 'sync' or 'async'")
+    next_step = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    if len(curriculum.tasks) > 1:
+        vector_class = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
+        vecenv = vector_class([lambda: CurriculumEnv(curriculum)] * env_config.num_envs, **next_step)
+    elif mode == "native":
+        vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode="vector_entry_point", **task.kwargs)
     else:
-        vecenv = gym.make_vec(env_config.id, env_config.num_envs, vectorization_mode=mode,
-                              vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP})
+        vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode=mode, vector_kwargs=next_step,
+                              **task.kwargs)
     try:
-        check_spaces(vecenv.single_observation_space, vecenv.single_action_space, env_config.id)
+        check_spaces(vecenv.single_observation_space, vecenv.single_action_space, task.name)
         check_autoreset(vecenv)
     except UnsupportedEnvError:
         vecenv.close()

@@ -100,6 +100,10 @@ class StatsLogger:
         if len(returns):
             scalars["charts/episodic_return"] = float(np.mean(returns))
             scalars["charts/episodic_length"] = float(np.mean(lengths))
+        tasks = rollout_stats.get("episodic_task")
+        if tasks is not None:
+            for task in np.unique(tasks):
+                scalars[f"tasks/{task}/episodic_return"] = float(np.mean(returns[tasks == task]))
         for key, value in update_stats.items():
             scalars[LOSS_TAGS.get(key, f"losses/{key}")] = value
         self.log_scalars(agent_steps, scalars)

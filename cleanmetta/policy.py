@@ -16,6 +16,7 @@ of a few environments the distribution objects cost more than the network itself
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -63,11 +64,20 @@ class CategoricalHead(nn.Module):
                  for i, part in enumerate(logits.split(self.nvec, -1))]
         return sum(logprob for logprob, _ in pairs), sum(entropy for _, entropy in pairs)
 
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        """Entropy [B] of the joint distribution (the sum over independent parts)."""
+        return sum(entropy_of(part.log_softmax(-1)) for part in logits.split(self.nvec, -1))
+
     @staticmethod
     def _one_log_prob_entropy(logits: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One categorical: logits [B, n], action [B, 1] -> logprob [B], entropy [B]."""
         logp = logits.log_softmax(-1)
-        return logp.gather(-1, action).squeeze(-1), (logp.exp() * logp).sum(-1).neg()
+        return logp.gather(-1, action).squeeze(-1), entropy_of(logp)
+
+
+def entropy_of(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last axis of a categorical given as log-probabilities."""
+    return (log_probs.exp() * log_probs).sum(-1).neg()
 
 
 class GaussianHead(nn.Module):
@@ -200,7 +210,13 @@ POLICIES: dict[str, type[Policy]] = {"mlp": MLPPolicy, "simple_cnn": CNNPolicy}
 
 def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
     """Build the network named by `agent_config.name` for one agent's observation and action spaces."""
+    from cleanmetta.checkpoint import space_to_dict
+
     check_spaces(observation_space, action_space)
     if agent_config.name not in POLICIES:
         raise ConfigError(f"agent.name={agent_config.name!r} is not a known network; choose one of {sorted(POLICIES)}")
-    return POLICIES[agent_config.name](observation_space, action_space, agent_config.hidden_size)
+    policy = POLICIES[agent_config.name](observation_space, action_space, agent_config.hidden_size)
+    # What a checkpoint needs to rebuild this network (see checkpoint.py).
+    policy.spec = {"agent": dataclasses.asdict(agent_config), "observation_space": space_to_dict(observation_space),
+                   "action_space": space_to_dict(action_space)}
+    return policy

@@ -1,18 +1,37 @@
-"""Run setup shared by train.py and the functional loop: device, seeding, optimiser, schedule, run dir.
+"""Run setup and the functional training loop.
 
-Small helpers only; the training loop itself is written out in train.py.
+The helpers (device, seeding, optimiser, learning-rate schedule, run directory, checkpoint
+save/restore, signal handling) are shared by train.py's explicit loop and by
+`functional_training_loop`, which runs the same epoch as a replaceable `step_fn`:
+
+    state = functional_training_loop(config, config.ppo, policy, curriculum, policy_store,
+                                      step_fn=my_step, custom_losses=[my_loss])
+
+A test trains with both and checks that they end with identical parameters.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import signal
 import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from cleanmetta.config import ConfigError, TrainerConfig, TrainingConfig
+from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer, set_rng_state
+from cleanmetta.collector import RolloutCollector
+from cleanmetta.config import ConfigError, PPOConfig, TrainerConfig, TrainingConfig
+from cleanmetta.envs import Curriculum, make_vecenv
+from cleanmetta.evaluate import PolicyEvaluator, suite_from_config
+from cleanmetta.experience import Experience
+from cleanmetta.log import StatsLogger
+from cleanmetta.losses import make_custom_losses
+from cleanmetta.ppo import CustomLoss, PPOOptimizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,3 +69,188 @@ def learning_rate_at(trainer: TrainerConfig, epoch: int, num_epochs: int) -> flo
 def run_dir_for(config: TrainingConfig) -> str:
     name = config.experiment_name or f"{config.env.id.replace('/', '-')}__{config.seed}__{int(time.time())}"
     return os.path.join(config.log.run_root, name)
+
+
+def num_epochs_for(config: TrainingConfig, experience: Experience) -> int:
+    """Epochs needed to reach trainer.total_timesteps agent steps (the last epoch may overshoot)."""
+    return math.ceil(config.trainer.total_timesteps / experience.batch_size)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
+                    epoch: int, agent_steps: int, scores: dict[str, float] | None = None) -> None:
+    """Policy first, then the trainer state that points at it: a crash between the two leaves the
+    previous trainer state, whose policy file is still there."""
+    record = checkpointer.save_policy(policy, epoch, {"agent_steps": agent_steps, "scores": scores or {}})
+    checkpointer.save_trainer_state(agent_steps, epoch, optimizer.state_dict(), checkpointer.checkpoint_dir,
+                                    policy_uri=os.path.relpath(record.uri, checkpointer.checkpoint_dir),
+                                    config=config.to_dict())
+
+
+def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
+                       vecenv) -> tuple[int, int]:
+    """Load the run directory's last checkpoint into policy and optimizer; return (epoch, agent_steps).
+
+    Returns (0, 0) when there is none or checkpoint.resume is off. Environments cannot be saved,
+    so episodes in flight at the checkpoint restart: the envs are reseeded from (seed, epoch).
+    """
+    state = checkpointer.load_trainer_state(checkpointer.checkpoint_dir) if config.checkpoint.resume else None
+    if state is None:
+        return 0, 0
+    saved = state["config"]
+    for section in ("env", "agent"):
+        if saved[section] != config.to_dict()[section]:
+            raise ConfigError(f"{checkpointer.checkpoint_dir} holds a run with {section}={saved[section]}, not "
+                              f"{config.to_dict()[section]}; pick another --experiment-name, or pass "
+                              "--checkpoint.no-resume to start over in this directory")
+    record = checkpointer.load_policy(state, vecenv)
+    policy.load_state_dict(record.policy.state_dict())
+    optimizer.load_state_dict(state["optimizer_state"])
+    set_rng_state(state["rng"])
+    vecenv.reset(seed=config.seed + 104_729 * state["epoch"])
+    print(f"resumed {checkpointer.checkpoint_dir} at epoch {state['epoch']}, {state['agent_step']:,} agent steps",
+          flush=True)
+    return state["epoch"], state["agent_step"]
+
+
+class StopOnSignal:
+    """SIGINT / SIGTERM ask the loop to stop after the current epoch (which then saves); a second
+    SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: finishing this epoch, saving a checkpoint, then exiting",
+              flush=True)
+
+    def __enter__(self) -> StopOnSignal:
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+# ---- the functional loop ---------------------------------------------------------------------------
+
+@dataclass
+class TrainingState:
+    epoch: int = 0
+    agent_steps: int = 0
+    num_epochs: int | None = None
+    learning_rate: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+    stop: StopOnSignal = field(default_factory=StopOnSignal)
+
+
+@dataclass
+class TrainingComponents:
+    policy: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    vecenv: Any
+    collector: RolloutCollector
+    ppo: PPOOptimizer
+    logger: StatsLogger
+    checkpointer: TrainingCheckpointer
+    evaluator: PolicyEvaluator
+    custom_losses: list[CustomLoss]
+    device: torch.device
+    start_epoch: int = 0        # where the run directory's checkpoint left off (0 for a new run)
+    start_agent_steps: int = 0
+
+
+def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, policy, vecenv,
+                               experience: Experience, policy_store: PolicyStore | None = None,
+                               custom_losses: Sequence[CustomLoss] | None = None,
+                               optimizer: torch.optim.Optimizer | None = None) -> TrainingComponents:
+    """Everything one training epoch touches, built the way train.py builds it."""
+    device = experience.device
+    run_dir = run_dir_for(config)
+    optimizer = optimizer or make_optimizer(policy, config.trainer, device)
+    checkpointer = TrainingCheckpointer(run_dir, policy_store or PolicyStore(run_dir))
+    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv)
+    losses = list(custom_losses) if custom_losses is not None else make_custom_losses(ppo_config)
+    return TrainingComponents(
+        policy=policy, optimizer=optimizer, vecenv=vecenv,
+        collector=RolloutCollector(vecenv, policy, experience, device),
+        ppo=PPOOptimizer(policy, optimizer, device, ppo_config),
+        logger=StatsLogger(run_dir, config, config.trainer.total_timesteps, config.log.tensorboard,
+                           config.log.console_interval, start_step=agent_steps),
+        checkpointer=checkpointer,
+        evaluator=PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic),
+        custom_losses=losses, device=device, start_epoch=epoch, start_agent_steps=agent_steps,
+    )
+
+
+def default_training_step(state: TrainingState, components: TrainingComponents, config: TrainingConfig,
+                          experience: Experience) -> dict[str, float]:
+    """One epoch, as train.py runs it: collect, update, log; evaluate and checkpoint when due."""
+    c = components
+    if state.num_epochs is None:  # a fresh TrainingState(): start where the components resumed
+        state.epoch, state.agent_steps = c.start_epoch, c.start_agent_steps
+        state.num_epochs = num_epochs_for(config, experience)
+    state.learning_rate = learning_rate_at(config.trainer, state.epoch, state.num_epochs)
+    for group in c.optimizer.param_groups:
+        group["lr"] = state.learning_rate
+
+    rollout_stats, num_steps = c.collector.collect()
+    state.agent_steps += num_steps
+    update_stats = c.ppo.update(experience, c.custom_losses)
+    state.epoch += 1
+    c.logger.log_epoch(state.agent_steps, rollout_stats, update_stats, state.learning_rate)
+
+    if config.evaluation.interval and state.epoch % config.evaluation.interval == 0:
+        state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps)
+    last = state.epoch >= state.num_epochs or state.stop.requested
+    if last or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):
+        save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps, state.scores)
+    return update_stats
+
+
+def evaluate_and_log(evaluator: PolicyEvaluator, policy, logger: StatsLogger, agent_steps: int) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for name, result in evaluator.evaluate(policy).items():
+        scores.update(result.scores(name))
+    logger.log_scalars(agent_steps, {f"eval/{key}": value for key, value in scores.items()})
+    return scores
+
+
+StepFn = Callable[[TrainingState, TrainingComponents, TrainingConfig, Experience], Any]
+
+
+def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, policy, curriculum: Curriculum,
+                             policy_store: PolicyStore | None = None, step_fn: StepFn | None = None,
+                             custom_losses: Sequence[CustomLoss] | None = None) -> TrainingState:
+    """Train `policy` on `curriculum` until config.trainer.total_timesteps; return the final state.
+
+    Builds the envs, buffer and components from `config` (seed the RNGs before building the policy
+    for a reproducible run), resumes from the run directory's checkpoint when there is one, then
+    calls `step_fn` (default: default_training_step) once per epoch.
+    """
+    config.validate()
+    torch.set_num_threads(config.torch_threads)
+    step_fn = step_fn or default_training_step
+    device = next(policy.parameters()).device
+    vecenv = make_vecenv(config.env, config.seed, curriculum)
+    experience = Experience.for_env(vecenv, config.trainer.num_steps, device)
+    components = create_training_components(config, ppo_config, policy, vecenv, experience, policy_store,
+                                            custom_losses)
+    state = TrainingState(epoch=components.start_epoch, agent_steps=components.start_agent_steps,
+                          num_epochs=num_epochs_for(config, experience))
+    with state.stop:
+        while state.epoch < state.num_epochs and not state.stop.requested:
+            step_fn(state, components, config, experience)
+    components.logger.close()
+    vecenv.close()
+    return state

@@ -1,0 +1,167 @@
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from cleanmetta.checkpoint import (CheckpointError, PolicyStore, TrainingCheckpointer, load_checkpoint,
+                                   save_checkpoint)
+from cleanmetta.config import AgentConfig
+from cleanmetta.policy import make_policy
+
+BOX = spaces.Box(-1, 1, (4,), np.float32)
+
+
+def make(action_space=spaces.Discrete(2), seed=0):
+    torch.manual_seed(seed)
+    return make_policy(AgentConfig(hidden_size=16), BOX, action_space)
+
+
+class FakeEnv:
+    single_observation_space = BOX
+    single_action_space = spaces.Discrete(2)
+
+
+def test_saved_policy_loads_with_the_same_outputs(tmp_path):
+    policy = make(spaces.Box(-1, 1, (2,)))
+    checkpointer = TrainingCheckpointer(str(tmp_path))
+    record = checkpointer.save_policy(policy, epoch=3, metadata={"agent_steps": 1536, "note": "hi"})
+    assert (record.epoch, record.agent_steps, record.metadata) == (3, 1536, {"note": "hi"})
+    obs = torch.randn(5, 4)
+    loaded = PolicyStore(str(tmp_path)).latest().policy
+    torch.testing.assert_close(loaded(obs), policy(obs))
+    torch.testing.assert_close(loaded.head.log_std, policy.head.log_std)
+
+
+def test_policy_store_lists_and_picks_latest_and_best(tmp_path):
+    checkpointer = TrainingCheckpointer(str(tmp_path))
+    for epoch, score in [(1, 10.0), (2, 30.0), (3, 20.0)]:
+        checkpointer.save_policy(make(seed=epoch), epoch, {"agent_steps": epoch * 100, "scores": {"sim/mean_return": score}})
+    store = PolicyStore(str(tmp_path))
+    assert [r.epoch for r in store.records()] == [1, 2, 3]
+    assert store.latest().epoch == 3
+    assert store.best("sim/mean_return").epoch == 2
+    assert store.get(1).agent_steps == 100
+    assert store.get("best:sim/mean_return").epoch == 2
+    with pytest.raises(CheckpointError, match="no policy has the score 'other'"):
+        store.best("other")
+
+
+def test_run_directory_can_be_moved(tmp_path):
+    TrainingCheckpointer(str(tmp_path / "a")).save_policy(make(), 1)
+    os.rename(tmp_path / "a", tmp_path / "b")
+    record = PolicyStore(str(tmp_path / "b")).latest()
+    assert record.uri.startswith(str(tmp_path / "b"))
+    assert record.policy is not None
+
+
+def test_writes_are_atomic_when_the_process_dies_mid_write(tmp_path, monkeypatch):
+    path = str(tmp_path / "state.pt")
+    save_checkpoint({"value": 1}, path, "test")
+
+    def dying_save(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 half a file")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"value": 2}, path, "test")
+    assert load_checkpoint(path, "test")["value"] == 1
+    assert os.listdir(tmp_path) == ["state.pt"]  # no temporary file left behind
+
+
+def test_missing_truncated_and_foreign_files_get_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.pt: no such checkpoint file"):
+        load_checkpoint(str(tmp_path / "nope.pt"), "policy")
+
+    good = str(tmp_path / "good.pt")
+    TrainingCheckpointer(str(tmp_path)).save_policy(make(), 1)
+    save_checkpoint({"x": torch.zeros(1000)}, good, "policy")
+    data = open(good, "rb").read()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt: not a readable checkpoint"):
+        load_checkpoint(str(truncated), "policy")
+
+    foreign = str(tmp_path / "foreign.pt")
+    torch.save({"model": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt: not a cleanmetta checkpoint"):
+        load_checkpoint(foreign, "policy")
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(256))
+    with pytest.raises(CheckpointError, match="garbage.pt: not a readable checkpoint"):
+        load_checkpoint(str(garbage), "policy")
+
+    with pytest.raises(CheckpointError, match="good.pt: holds a 'policy' checkpoint, expected 'trainer_state'"):
+        load_checkpoint(good, "trainer_state")
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_checkpoint_with_code_in_it_is_refused(tmp_path):
+    path = str(tmp_path / "evil.pt")
+    torch.save({"format": "cleanmetta-checkpoint/1", "kind": "policy", "payload": Payload()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt: not a readable checkpoint .*plain data"):
+        load_checkpoint(path, "policy")
+
+
+def test_trainer_state_round_trip_restores_optimizer_counters_and_rng(tmp_path):
+    from cleanmetta.checkpoint import set_rng_state
+
+    policy = make()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    policy(torch.randn(8, 4))[1].sum().backward()
+    optimizer.step()
+    checkpointer = TrainingCheckpointer(str(tmp_path))
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    checkpointer.save_trainer_state(1234, 7, optimizer.state_dict(), str(tmp_path), policy_uri="x.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+
+    state = checkpointer.load_trainer_state(str(tmp_path))
+    assert (state["agent_step"], state["epoch"], state["policy_uri"]) == (1234, 7, "x.pt")
+    fresh = torch.optim.Adam(make(seed=9).parameters(), lr=1e-3)
+    fresh.load_state_dict(state["optimizer_state"])
+    for a, b in zip(optimizer.state.values(), fresh.state.values()):
+        torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=0, atol=0)
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=0)
+    set_rng_state(state["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    assert checkpointer.load_trainer_state(str(tmp_path / "empty")) is None
+
+
+def test_load_policy_checks_the_env_spaces(tmp_path):
+    checkpointer = TrainingCheckpointer(str(tmp_path))
+    checkpointer.save_policy(make(), 2)
+    checkpointer.save_trainer_state(0, 2, {}, str(tmp_path), policy_uri="policies/policy_000002.pt")
+    state = checkpointer.load_trainer_state(str(tmp_path))
+    assert checkpointer.load_policy(state, FakeEnv()).epoch == 2
+
+    class OtherEnv(FakeEnv):
+        single_action_space = spaces.Discrete(5)
+
+    with pytest.raises(CheckpointError, match="saved for .* Discrete\\(2\\).* but the env has .*Discrete\\(5\\)"):
+        checkpointer.load_policy(state, OtherEnv())
+
+
+def test_wandb_run_receives_every_saved_file(tmp_path):
+    class FakeRun:
+        def __init__(self):
+            self.saved = []
+
+        def save(self, path, base_path=None):
+            self.saved.append(os.path.relpath(path, base_path))
+
+    run = FakeRun()
+    checkpointer = TrainingCheckpointer(str(tmp_path), wandb_run=run)
+    checkpointer.save_policy(make(), 1)
+    checkpointer.save_trainer_state(0, 1, {}, str(tmp_path))
+    assert run.saved == [os.path.join("policies", "policy_000001.pt"), "trainer_state.pt"]

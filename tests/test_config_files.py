@@ -1,0 +1,72 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cleanmetta.config import ConfigError, TrainingConfig
+from train import parse_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_from_dict_builds_nested_sections_and_keeps_other_defaults():
+    config = TrainingConfig.from_dict({"agent": {"name": "simple_cnn"}, "trainer": {"total_timesteps": 10_000_000}})
+    assert config.agent.name == "simple_cnn" and config.agent.hidden_size == 64
+    assert config.trainer.total_timesteps == 10_000_000 and config.trainer.num_steps == 128
+    assert config.total_timesteps == 10_000_000
+
+
+def test_from_dict_moves_legacy_ppo_keys_out_of_the_trainer_section():
+    config = TrainingConfig.from_dict({"trainer": {"gamma": 0.977, "clip_coef": 0.1, "update_epochs": 2,
+                                                   "learning_rate": 3e-4}})
+    assert (config.ppo.gamma, config.ppo.clip_coef, config.ppo.update_epochs) == (0.977, 0.1, 2)
+    assert config.trainer.learning_rate == 3e-4
+
+
+def test_unknown_key_names_the_key_and_its_closest_spelling():
+    with pytest.raises(ConfigError, match="unknown config key 'trainer.total_timestep'; did you mean "
+                                          "'trainer.total_timesteps'\\?"):
+        TrainingConfig.from_dict({"trainer": {"total_timestep": 5}})
+    with pytest.raises(ConfigError, match="unknown config key 'agnet'; did you mean 'agent'\\?"):
+        TrainingConfig.from_dict({"agnet": {}})
+
+
+def test_wrong_types_are_errors_naming_the_field():
+    with pytest.raises(ConfigError, match="trainer.total_timesteps='lots' must be of type int"):
+        TrainingConfig.from_dict({"trainer": {"total_timesteps": "lots"}})
+    with pytest.raises(ConfigError, match="env must be a mapping"):
+        TrainingConfig.from_dict({"env": "CartPole-v1"})
+    assert TrainingConfig.from_dict({"ppo": {"gamma": 1}}).ppo.gamma == 1.0
+
+
+def test_from_yaml_reads_yaml_and_run_directory_json(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("experiment_name: yaml_run\nenv:\n  id: Acrobot-v1\ntrainer:\n  learning_rate: 1e-3\n"
+                    "ppo:\n  custom_losses: [diversity]\n")
+    config = TrainingConfig.from_yaml(str(path))
+    assert (config.experiment_name, config.env.id, config.trainer.learning_rate) == ("yaml_run", "Acrobot-v1", 1e-3)
+    assert config.ppo.custom_losses == ["diversity"]
+    (tmp_path / "config.json").write_text(__import__("json").dumps(config.to_dict()))
+    assert TrainingConfig.from_yaml(str(tmp_path / "config.json")) == config
+
+    (tmp_path / "bad.yaml").write_text("ppo:\n  clip_coeff: 0.3\n")
+    with pytest.raises(ConfigError, match="bad.yaml: unknown config key 'ppo.clip_coeff'; did you mean 'ppo.clip_coef'"):
+        TrainingConfig.from_yaml(str(tmp_path / "bad.yaml"))
+
+
+def test_config_file_first_then_flags_win(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 5\ntrainer:\n  total_timesteps: 1000\n  num_steps: 64\n")
+    config = parse_config(["--config", str(path), "--trainer.total-timesteps", "2048"])
+    assert config.seed == 5 and config.trainer.num_steps == 64
+    assert config.trainer.total_timesteps == 2048
+
+
+def test_train_script_reports_a_bad_config_file_without_a_traceback(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("trainer:\n  totl_timesteps: 5\n")
+    out = subprocess.run([sys.executable, "train.py", "--config", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "unknown config key 'trainer.totl_timesteps'; did you mean 'trainer.total_timesteps'?" in out.stderr

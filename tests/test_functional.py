@@ -1,0 +1,67 @@
+import os
+
+import torch
+
+import train
+from cleanmetta.checkpoint import PolicyStore
+from cleanmetta.config import small_fast_config
+from cleanmetta.envs import make_curriculum, make_vecenv
+from cleanmetta.policy import make_policy
+from cleanmetta.trainer import default_training_step, functional_training_loop, seed_everything
+
+
+def config_for(run_root, name):
+    config = small_fast_config()
+    config.trainer.total_timesteps = 512 * 6
+    config.experiment_name = name
+    config.checkpoint.interval = 2
+    config.evaluation.interval = 3
+    config.evaluation.episodes = 3
+    config.ppo.custom_losses = ["curiosity", "diversity"]
+    config.log.run_root = run_root
+    config.log.tensorboard = False
+    config.log.console_interval = 1e9
+    return config
+
+
+def build_policy(config):
+    seed_everything(config.seed, config.torch_deterministic)
+    curriculum = make_curriculum(config.env, config.curriculum)
+    probe = make_vecenv(config.env, config.seed, curriculum)
+    policy = make_policy(config.agent, probe.single_observation_space, probe.single_action_space)
+    probe.close()
+    return policy, curriculum
+
+
+def test_train_py_and_functional_loop_give_identical_parameters(tmp_run_root):
+    explicit = train.main(config_for(tmp_run_root, "explicit"))["policy"]
+
+    config = config_for(tmp_run_root, "functional")
+    policy, curriculum = build_policy(config)
+    state = functional_training_loop(config, config.ppo, policy, curriculum, PolicyStore(
+        os.path.join(tmp_run_root, "functional")))
+    assert (state.epoch, state.agent_steps) == (6, 3072)
+    for (name, a), b in zip(explicit.named_parameters(), policy.parameters()):
+        assert torch.equal(a, b), name
+    # both stored the same evaluated checkpoints
+    scores = [[r.scores for r in PolicyStore(os.path.join(tmp_run_root, d)).records()] for d in ("explicit", "functional")]
+    assert scores[0] == scores[1] and "CartPole-v1/mean_return" in scores[0][-1]
+
+
+def test_a_custom_step_fn_replaces_the_default_step(tmp_run_root):
+    config = config_for(tmp_run_root, "custom")
+    policy, curriculum = build_policy(config)
+    calls = []
+
+    def my_step(state, components, config, experience):
+        calls.append(state.epoch)
+        stats = default_training_step(state, components, config, experience)
+        if state.epoch == 4:
+            state.stop.requested = True  # the step decides when training ends
+        return stats
+
+    state = functional_training_loop(config, config.ppo, policy, curriculum, None, step_fn=my_step,
+                                     custom_losses=[])
+    assert calls == [0, 1, 2, 3]
+    assert state.epoch == 4
+    assert [r.epoch for r in PolicyStore(os.path.join(tmp_run_root, "custom")).records()] == [2, 4]
