@@ -243,6 +243,7 @@ class TrainingCheckpointer:
         self.checkpoint_dir = checkpoint_dir
         self.policy_store = policy_store if policy_store is not None else PolicyStore(checkpoint_dir)
         self.wandb_run = wandb_run  # optional: saved files are also handed to wandb_run.save(path)
+        self.last_policy: PolicyRecord | None = None
 
     def save_policy(self, policy: torch.nn.Module, epoch: int, metadata: dict[str, Any] | None = None) -> PolicyRecord:
         """Write the policy's spec and weights; add and return its record. metadata may hold agent_steps."""
@@ -257,12 +258,16 @@ class TrainingCheckpointer:
         save_checkpoint({"spec": spec, "state_dict": state_dict, "epoch": epoch, "agent_steps": agent_steps,
                          "metadata": metadata}, path, "policy")
         self._upload(path)
-        return self.policy_store.add(PolicyRecord(os.path.normpath(path), epoch, agent_steps, metadata, dict(scores)))
+        self.last_policy = PolicyRecord(os.path.normpath(path), epoch, agent_steps, metadata, dict(scores))
+        return self.policy_store.add(self.last_policy)
 
     def save_trainer_state(self, agent_step: int, epoch: int, optimizer_state: dict[str, Any], run_dir: str,
                            **extra: Any) -> str:
-        """Write trainer_state.pt: counters, optimizer state, RNG states and `extra` (e.g. config, policy_uri)."""
+        """Write trainer_state.pt: counters, optimizer state, RNG states, `extra` (e.g. config) and the
+        policy saved last (`policy_uri`, relative to the policy store)."""
         path = os.path.join(run_dir, "trainer_state.pt")
+        if self.last_policy is not None:
+            extra.setdefault("policy_uri", os.path.relpath(self.last_policy.uri, self.policy_store.directory))
         save_checkpoint({"agent_step": agent_step, "epoch": epoch, "optimizer_state": optimizer_state,
                          "rng": rng_state(), **extra}, path, "trainer_state")
         self._upload(path)
@@ -279,7 +284,7 @@ class TrainingCheckpointer:
         With `env` (a vector env or anything with single_observation_space / single_action_space,
         or observation_space / action_space), the saved network must fit its spaces.
         """
-        uri = checkpoint["policy_uri"] if isinstance(checkpoint, dict) else checkpoint
+        uri = checkpoint.get("policy_uri", "latest") if isinstance(checkpoint, dict) else checkpoint
         record = self.policy_store.get(uri)
         policy = record.policy
         if env is not None:

@@ -82,9 +82,8 @@ def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, 
                     epoch: int, agent_steps: int, scores: dict[str, float] | None = None) -> None:
     """Policy first, then the trainer state that points at it: a crash between the two leaves the
     previous trainer state, whose policy file is still there."""
-    record = checkpointer.save_policy(policy, epoch, {"agent_steps": agent_steps, "scores": scores or {}})
+    checkpointer.save_policy(policy, epoch, {"agent_steps": agent_steps, "scores": scores or {}})
     checkpointer.save_trainer_state(agent_steps, epoch, optimizer.state_dict(), checkpointer.checkpoint_dir,
-                                    policy_uri=os.path.relpath(record.uri, checkpointer.checkpoint_dir),
                                     config=config.to_dict())
 
 
@@ -151,6 +150,7 @@ class TrainingState:
     num_epochs: int | None = None
     learning_rate: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
+    checkpoint_epoch: int | None = None  # epoch of the last checkpoint written
     stop: StopOnSignal = field(default_factory=StopOnSignal)
 
 
@@ -215,6 +215,7 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
     last = state.epoch >= state.num_epochs or state.stop.requested
     if last or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):
         save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps, state.scores)
+        state.checkpoint_epoch = state.epoch
     return update_stats
 
 
@@ -251,6 +252,9 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
     with state.stop:
         while state.epoch < state.num_epochs and not state.stop.requested:
             step_fn(state, components, config, experience)
+    if state.checkpoint_epoch != state.epoch:  # e.g. a step_fn that stopped early: never lose the last epochs
+        save_checkpoint(components.checkpointer, config, policy, components.optimizer, state.epoch,
+                        state.agent_steps, state.scores)
     components.logger.close()
     vecenv.close()
     return state
