@@ -49,6 +49,17 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     return float(1 - (returns - values).var() / var_returns)
 
 
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale the gradients together so that their global L2 norm is at most max_norm.
+
+    The arithmetic of nn.utils.clip_grad_norm_ in three foreach calls: on a small network the
+    library version's per-call bookkeeping costs as much as the arithmetic (~60 us a minibatch).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total_norm + 1e-6)).clamp(max=1.0))
+
+
 class PPOOptimizer:
     def __init__(self, policy: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | str,
                  config: PPOConfig | None = None):
@@ -118,9 +129,10 @@ class PPOOptimizer:
                         + "); lower trainer.learning_rate, check the env's rewards and observations for "
                         "NaN/inf, or check the custom losses")
 
-                self.optimizer.zero_grad(set_to_none=True)
+                for p in params:  # optimizer.zero_grad(set_to_none=True), minus its per-call overhead
+                    p.grad = None
                 loss.backward()
-                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                clip_grad_norm(params, cfg.max_grad_norm)
                 self.optimizer.step()
 
                 totals += torch.stack([losses.policy_loss.detach(), losses.value_loss.detach(),

@@ -182,3 +182,19 @@ def test_target_kl_stops_the_update_early():
     early = count_minibatches(PPOConfig(update_epochs=4, num_minibatches=2, target_kl=1e-12,
                                         ent_coef=0.0, norm_adv=False))
     assert full == 8 and early == 2
+
+
+def test_clip_grad_norm_matches_torch():
+    from cleanmetta.ppo import clip_grad_norm
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(3)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for pa, pb in zip(a, b):
+        pa.grad = torch.randn_like(pa) * 4
+        pb.grad = pa.grad.clone()
+    clip_grad_norm(a, 0.5)
+    torch.nn.utils.clip_grad_norm_(b, 0.5)
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa.grad, pb.grad)
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in a])) == pytest.approx(0.5, rel=1e-4)
