@@ -45,7 +45,8 @@ def format_duration(seconds: float) -> str:
 
 class StatsLogger:
     def __init__(self, run_dir: str, config: Any = None, total_timesteps: int | None = None,
-                 tensorboard: bool = True, console_interval: float = 5.0, start_step: int = 0):
+                 tensorboard: bool = True, console_interval: float = 5.0, start_step: int = 0,
+                 wandb_run: Any = None):
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         if config is not None:
@@ -55,7 +56,9 @@ class StatsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(run_dir)
+            # purge_step: after a resume, drop events a killed run wrote past its last checkpoint
+            self.writer = SummaryWriter(run_dir, purge_step=start_step or None)
+        self.wandb_run = wandb_run  # optional: a wandb run (wandb.init()) that receives the same scalars
         episodes_path = os.path.join(run_dir, "episodes.csv")
         is_new = not os.path.exists(episodes_path)
         self.episodes_file = open(episodes_path, "a")
@@ -84,6 +87,8 @@ class StatsLogger:
         if self.writer is not None:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(scalars, step=step)
 
     def log_epoch(self, agent_steps: int, rollout_stats: dict[str, np.ndarray], update_stats: dict[str, float],
                   learning_rate: float) -> None:

@@ -67,10 +67,10 @@ def test_deterministic_act_is_the_mode():
 
 def test_mlp_initialisation_follows_the_reference():
     policy = make_policy(AgentConfig(), BOX4, spaces.Discrete(2))
-    out = policy.actor.layers[-1].weight
+    out = policy.actor.weight2
     # orthogonal rows scaled by 0.01: W W^T = 0.01^2 I
     torch.testing.assert_close(out @ out.T, 1e-4 * torch.eye(2), atol=1e-7, rtol=0)
-    assert all(layer.bias.abs().max() == 0 for layer in policy.critic.layers)
+    assert all(getattr(policy.critic, f"bias{i}").abs().max() == 0 for i in range(3))
 
 
 @pytest.mark.parametrize("shape", [(3, 11, 11), (84, 84, 4), (4, 84, 84)])

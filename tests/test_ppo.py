@@ -122,13 +122,13 @@ def test_custom_loss_receives_documented_arguments_and_is_reported():
 
 def test_custom_loss_gradient_reaches_the_policy():
     def actor_weight_decay(policy, obs, actions, rewards, values, advantages):
-        return 100.0 * policy.actor.layers[0].weight.pow(2).sum()
+        return 100.0 * policy.actor.weight0.pow(2).sum()
 
     def weights_after(custom):
         policy, ppo = make_ppo(PPOConfig(num_minibatches=1, update_epochs=1, max_grad_norm=1e6))
         torch.manual_seed(1)
         ppo.update(filled_experience(), custom_loss_fns=custom)
-        return policy.actor.layers[0].weight.detach().clone()
+        return policy.actor.weight0.detach().clone()
 
     plain, with_custom = weights_after([]), weights_after([actor_weight_decay])
     assert not torch.allclose(plain, with_custom)
