@@ -1,7 +1,9 @@
 """RolloutCollector: steps the vector env with the policy and fills an Experience buffer.
 
-One `collect()` runs `experience.num_steps` steps of every environment: one batched policy forward
-per step under `torch.inference_mode()`, actions to the env, the env's answer into the buffer. It
+One `collect()` runs `experience.num_steps` steps of every environment: one batched
+`policy.sample(obs)` per step under `torch.inference_mode()` (values too, or for policies with a
+separate critic, all values in one pass at the end), actions to the env, the env's answer into
+the buffer. It
 also tracks episode returns and lengths and reports the episodes that finished (with their task,
 when the env reports one in info["task"]).
 
@@ -69,11 +71,12 @@ class RolloutCollector:
         finished_returns, finished_lengths, finished_tasks = [], [], []
         for t in range(exp.num_steps):
             obs = self.next_obs
-            action, logprob, _, value = self.policy.get_action_and_value(obs)
+            action, logprob, value = self.policy.sample(obs)
             exp.obs[t] = obs
             exp.actions[t] = action
             exp.logprobs[t] = logprob
-            exp.values[t] = value
+            if value is not None:
+                exp.values[t] = value
 
             env_action = action.cpu().numpy().reshape(self.action_shape)
             if self.action_bounds is not None:
@@ -97,6 +100,8 @@ class RolloutCollector:
             self.prev_done = done
             self.next_obs = self._obs_to_device(next_obs)
 
+        if value is None:  # the policy left the values to one batched pass over the rollout
+            exp.values.copy_(self.policy.get_value(exp.obs.flatten(0, 1)).view_as(exp.values))
         exp.last_value.copy_(self.policy.get_value(self.next_obs))
         for name in ("rewards", "terminals", "dones", "valid"):
             getattr(exp, name).copy_(torch.from_numpy(getattr(self, name)), non_blocking=True)

@@ -129,3 +129,18 @@ def test_unsupported_spaces_get_a_clear_error():
         make_policy(AgentConfig(), spaces.Box(-1, 1, (3,)), spaces.Discrete(2, start=1))
     with pytest.raises(UnsupportedEnvError, match="FrozenLake-v1: observation space"):
         make_vecenv(EnvConfig(id="FrozenLake-v1", num_envs=1), seed=0)
+
+
+def test_values_computed_after_the_rollout_match_per_step_values():
+    # MLPPolicy leaves values to one batched critic pass at the end of the rollout.
+    torch.manual_seed(0)
+    vecenv = make_vecenv(EnvConfig(id="CartPole-v1", num_envs=3), seed=0)
+    policy = make_policy(AgentConfig(), vecenv.single_observation_space, vecenv.single_action_space)
+    assert policy.sample(torch.zeros(3, 4))[2] is None
+    exp = Experience.for_env(vecenv, 10)
+    RolloutCollector(vecenv, policy, exp).collect()
+    with torch.no_grad():
+        per_step = torch.stack([policy.get_action_and_value(exp.obs[t], exp.actions[t])[3] for t in range(10)])
+        logprobs = torch.stack([policy.get_action_and_value(exp.obs[t], exp.actions[t])[1] for t in range(10)])
+    torch.testing.assert_close(exp.values, per_step)
+    torch.testing.assert_close(exp.logprobs, logprobs)
