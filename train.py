@@ -2,6 +2,7 @@
 
     python train.py                                   # CartPole-v1, reference PPO settings
     python train.py --env.id Acrobot-v1 --trainer.total-timesteps 1000000
+    python train.py --preset small_fast               # a named preset (see config.PRESETS)
     python train.py --config run.yaml --seed 3        # a config file, then flags on top
     python train.py --resume runs/NAME                # continue a run from its last checkpoint
     python train.py --help                            # every flag, with its meaning
@@ -21,7 +22,7 @@ import tyro
 
 from cleanmetta.checkpoint import CheckpointError, PolicyStore, TrainingCheckpointer
 from cleanmetta.collector import RolloutCollector
-from cleanmetta.config import ConfigError, TrainingConfig
+from cleanmetta.config import PRESETS, ConfigError, TrainingConfig
 from cleanmetta.envs import UnsupportedEnvError, make_curriculum, make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config
 from cleanmetta.experience import Experience
@@ -81,20 +82,26 @@ def main(config: TrainingConfig) -> dict:
 
 
 def parse_config(argv: list[str]) -> TrainingConfig:
-    """Flags on top of `--config FILE` or of the config saved in `--resume RUN_DIR` (flags win)."""
-    default, resume_dir = TrainingConfig(), None
-    if "--resume" in argv or "--config" in argv:
-        flag = "--resume" if "--resume" in argv else "--config"
+    """Flags on top of a base: --preset NAME, --config FILE, or the config saved in --resume RUN_DIR."""
+    base, resume_dir = TrainingConfig(), None
+    for flag in ("--preset", "--config", "--resume"):
+        if flag not in argv:
+            continue
         i = argv.index(flag)
         if i + 1 >= len(argv):
             raise ConfigError(f"{flag} needs a value")
         value, argv = argv[i + 1], argv[:i] + argv[i + 2:]
-        if flag == "--resume":
+        if flag == "--preset":
+            if value not in PRESETS:
+                raise ConfigError(f"--preset {value!r} is not a preset; choose one of {sorted(PRESETS)}")
+            base = PRESETS[value]()
+        elif flag == "--config":
+            base = TrainingConfig.from_yaml(value)
+        else:
             resume_dir = value.rstrip("/")
-            value = os.path.join(resume_dir, "config.json")
-        default = TrainingConfig.from_yaml(value)
-    config = tyro.cli(TrainingConfig, default=default, args=argv,
-                      description=__doc__.split("\n\n")[0] + " --config FILE and --resume RUN_DIR are read first; flags override them.")
+            base = TrainingConfig.from_yaml(os.path.join(resume_dir, "config.json"))
+    config = tyro.cli(TrainingConfig, default=base, args=argv, description=__doc__.split("\n\n")[0]
+                      + " --preset NAME, --config FILE and --resume RUN_DIR are read first; flags override them.")
     if resume_dir is not None:  # the run directory is what --resume names
         config.log.run_root, config.experiment_name = os.path.split(os.path.abspath(resume_dir))
         config.checkpoint.resume = True

@@ -49,10 +49,10 @@ def first_solved(episodes: list[tuple[int, float, float]]) -> tuple[int, float] 
     return None
 
 
-def run_cleanmetta(seed: int, total_timesteps: int, workdir: str, extra: list[str]) -> dict:
+def run_cleanmetta(seed: int, total_timesteps: int | None, workdir: str, extra: list[str]) -> dict:
     name = f"cleanmetta_seed{seed}"
-    wall, rss = run_process([sys.executable, "train.py", "--seed", str(seed),
-                             "--trainer.total-timesteps", str(total_timesteps), "--log.run-root", workdir,
+    steps = [] if total_timesteps is None else ["--trainer.total-timesteps", str(total_timesteps)]
+    wall, rss = run_process([sys.executable, "train.py", "--seed", str(seed), *steps, "--log.run-root", workdir,
                              "--experiment-name", name, "--log.console-interval", "1e9", *extra])
     run_dir = os.path.join(workdir, name)
     with open(os.path.join(run_dir, "summary.json")) as f:

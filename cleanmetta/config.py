@@ -365,3 +365,7 @@ def small_fast_config() -> TrainingConfig:
         ppo=PPOConfig(num_minibatches=2, update_epochs=4),
         log=LogConfig(console_interval=2.0),
     )
+
+
+PRESETS = {"default": TrainingConfig, "small_fast": small_fast_config}
+"""Named starting points for `python train.py --preset NAME`."""

@@ -70,3 +70,14 @@ def test_train_script_reports_a_bad_config_file_without_a_traceback(tmp_path):
                          text=True, timeout=60)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "unknown config key 'trainer.totl_timesteps'; did you mean 'trainer.total_timesteps'?" in out.stderr
+
+
+def test_preset_flag_starts_from_the_named_preset():
+    from cleanmetta.config import small_fast_config
+
+    config = parse_config(["--preset", "small_fast", "--seed", "4"])
+    expected = small_fast_config()
+    expected.seed = 4
+    assert config == expected
+    with pytest.raises(ConfigError, match="--preset 'fastest' is not a preset; choose one of"):
+        parse_config(["--preset", "fastest"])
