@@ -1,11 +1,10 @@
 """RolloutCollector: steps the vector env with the policy and fills an Experience buffer.
 
 One `collect()` runs `experience.num_steps` steps of every environment: one batched
-`policy.sample(obs)` per step under `torch.inference_mode()` (values too, or for policies with a
-separate critic, all values in one pass at the end), actions to the env, the env's answer into
-the buffer. It
-also tracks episode returns and lengths and reports the episodes that finished (with their task,
-when the env reports one in info["task"]).
+`policy.sample(obs)` per step under `torch.inference_mode()` (with the values, or, for a policy
+whose critic is separate, all values in one pass at the end), the actions to the env, the env's
+answer into the buffer. It also tracks episode returns and lengths and reports the episodes that
+finished (with their task, when the env names one in info["task"]).
 
 Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that env's reset step;
 its action is ignored and its transition joins two episodes, so it is stored with valid = 0 and

@@ -195,7 +195,7 @@ class MLPPolicy(Policy):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         # The critic shares nothing with the actor, so the rollout runs the actor alone and the
-        # collector evaluates the critic once on the whole rollout: +13% steps/s on CartPole.
+        # collector evaluates the critic once on the whole rollout: +11% steps/s on CartPole.
         params = self.actor.forward(_flat(obs))
         action = self.head.sample(params)
         return action, self.head.log_prob(params, action), None

@@ -121,8 +121,8 @@ class PPOOptimizer:
                     loss = loss + value
                     custom_values.append(value.detach())
                 if not torch.isfinite(loss):
-                    terms = dict(zip(names, [losses.policy_loss, losses.value_loss, losses.entropy_loss,
-                                             *custom_values]))
+                    terms = {"policy_loss": losses.policy_loss, "value_loss": losses.value_loss,
+                             "entropy": losses.entropy_loss, **dict(zip(names[5:], custom_values))}
                     raise FloatingPointError(
                         "PPO loss is not finite ("
                         + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())

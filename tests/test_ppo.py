@@ -161,6 +161,16 @@ def test_non_finite_loss_raises_a_clear_error():
         ppo.update(exp)
 
 
+def test_a_non_finite_custom_loss_is_named_in_the_error():
+    _, ppo = make_ppo()
+
+    def exploding(*args):
+        return torch.tensor(float("inf"))
+
+    with pytest.raises(FloatingPointError, match="entropy=[0-9.]+, exploding=inf\\)"):
+        ppo.update(filled_experience(), custom_loss_fns=[exploding])
+
+
 def test_custom_losses_need_distinct_names():
     _, ppo = make_ppo()
 
