@@ -167,10 +167,6 @@ class PolicyStore:
         self._write(sorted(records, key=lambda r: r.epoch))
         return record
 
-    def update_scores(self, record: PolicyRecord, scores: dict[str, float]) -> PolicyRecord:
-        record.scores.update(scores)
-        return self.add(record)
-
     def latest(self) -> PolicyRecord:
         records = self.records()
         if not records:

@@ -271,12 +271,12 @@ class TrainingConfig:
         check(self.checkpoint.interval >= 0, "checkpoint.interval", self.checkpoint.interval, "must be >= 0")
         check(self.evaluation.interval >= 0, "evaluation.interval", self.evaluation.interval, "must be >= 0")
         check(self.evaluation.episodes >= 1, "evaluation.episodes", self.evaluation.episodes, "must be >= 1")
-        curriculum = self.curriculum
-        check(not curriculum.weights or len(curriculum.weights) == len(curriculum.tasks), "curriculum.weights",
-              curriculum.weights, f"must give one weight per task ({len(curriculum.tasks)} tasks) or none")
-        check(all(math.isfinite(w) and w >= 0 for w in curriculum.weights) and (not curriculum.weights
-                                                                                 or sum(curriculum.weights) > 0),
-              "curriculum.weights", curriculum.weights, "must be finite, >= 0 and not all zero")
+        try:  # the curriculum's own constructor holds its rules (task syntax, one weight per task, ...)
+            from cleanmetta.envs import make_curriculum
+
+            make_curriculum(env, self.curriculum)
+        except ConfigError as err:
+            errors.append(str(err))
 
         check(bool(self.log.run_root.strip()), "log.run_root", self.log.run_root, "must be a directory path")
         non_negative("log.console_interval", self.log.console_interval)

@@ -105,10 +105,10 @@ class Task:
 class Curriculum:
     """Chooses the task index of each new episode from `tasks`."""
 
-    def __init__(self, tasks: list[Task]):
+    def __init__(self, tasks: list[Task | str]):
         if not tasks:
             raise ConfigError("a curriculum needs at least one task")
-        self.tasks = list(tasks)
+        self.tasks = [Task.parse(task) if isinstance(task, str) else task for task in tasks]
 
     def sample(self, rng: np.random.Generator) -> int:
         raise NotImplementedError
@@ -116,7 +116,7 @@ class Curriculum:
 
 class SingleTaskCurriculum(Curriculum):
     def __init__(self, task: Task | str):
-        super().__init__([Task.parse(task) if isinstance(task, str) else task])
+        super().__init__([task])
 
     def sample(self, rng: np.random.Generator) -> int:
         return 0
@@ -126,10 +126,10 @@ class RandomCurriculum(Curriculum):
     """Each episode plays task i with probability weights[i] / sum(weights)."""
 
     def __init__(self, tasks: list[Task | str], weights: list[float] | None = None):
-        super().__init__([Task.parse(t) if isinstance(t, str) else t for t in tasks])
+        super().__init__(tasks)
         weights = np.ones(len(self.tasks)) if not weights else np.asarray(weights, dtype=np.float64)
-        if len(weights) != len(self.tasks) or np.any(weights < 0) or weights.sum() <= 0:
-            raise ConfigError(f"curriculum.weights={list(weights)} must give one weight >= 0 per task "
+        if len(weights) != len(self.tasks) or not np.all(np.isfinite(weights) & (weights >= 0)) or weights.sum() <= 0:
+            raise ConfigError(f"curriculum.weights={weights.tolist()} must give one finite weight >= 0 per task "
                               f"({len(self.tasks)} tasks), not all zero")
         self.probabilities = weights / weights.sum()
 

@@ -97,11 +97,11 @@ def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfi
     state = checkpointer.load_trainer_state(checkpointer.checkpoint_dir) if config.checkpoint.resume else None
     if state is None:
         return 0, 0
-    saved = state["config"]
+    saved, current = state["config"], config.to_dict()
     for section in ("env", "agent"):
-        if saved[section] != config.to_dict()[section]:
+        if saved[section] != current[section]:
             raise ConfigError(f"{checkpointer.checkpoint_dir} holds a run with {section}={saved[section]}, not "
-                              f"{config.to_dict()[section]}; pick another --experiment-name, or pass "
+                              f"{current[section]}; pick another --experiment-name, or pass "
                               "--checkpoint.no-resume to start over in this directory")
     record = checkpointer.load_policy(state, vecenv)
     policy.load_state_dict(record.policy.state_dict())

@@ -61,5 +61,18 @@ def test_curriculum_tasks_must_share_spaces():
 
 
 def test_curriculum_weights_are_validated():
-    with pytest.raises(ConfigError, match="one weight >= 0 per task"):
+    with pytest.raises(ConfigError, match="one finite weight >= 0 per task"):
         RandomCurriculum(["CartPole-v1:max_episode_steps=200", "CartPole-v1"], weights=[1.0])
+    with pytest.raises(ConfigError, match="one finite weight >= 0 per task"):
+        RandomCurriculum(["CartPole-v1:max_episode_steps=200", "CartPole-v1"], weights=[1.0, float("nan")])
+
+
+def test_validate_reports_curriculum_errors_early():
+    from cleanmetta.config import TrainingConfig
+
+    config = TrainingConfig(curriculum=CurriculumConfig(tasks=["CartPole-v1", "CartPole-v1:oops"]))
+    with pytest.raises(ConfigError, match="'oops' is not key=value"):
+        config.validate()
+    config = TrainingConfig(curriculum=CurriculumConfig(tasks=["CartPole-v1", "Acrobot-v1"], weights=[0.0, 0.0]))
+    with pytest.raises(ConfigError, match="curriculum.weights=\\[0.0, 0.0\\] must give one finite weight"):
+        config.validate()
