@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
+from torch.optim.adam import adam as functional_adam
 
 from cleanmetta.config import PPOConfig
 from cleanmetta.experience import Experience
@@ -60,6 +61,29 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
     torch._foreach_mul_(grads, (max_norm / (total_norm + 1e-6)).clamp(max=1.0))
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """optimizer.step(); for a fused single-group Adam (what trainer.make_optimizer builds), the same
+    fused kernel called through torch's functional `adam`, skipping Optimizer.step's per-call
+    bookkeeping over every parameter: ~90 us a minibatch, ~6% of CartPole's update. A test checks
+    that both give identical parameters and optimiser state."""
+    group = optimizer.param_groups[0]
+    params = group["params"]
+    fast = (type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 1 and group["fused"]
+            and not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+            and all(p.grad is not None and optimizer.state[p] for p in params))  # state exists after step 1
+    if not fast:
+        optimizer.step()
+        return
+    states = [optimizer.state[p] for p in params]
+    beta1, beta2 = group["betas"]
+    functional_adam(
+        params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+        [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], [s["step"] for s in states],
+        fused=True, capturable=group["capturable"], differentiable=group["differentiable"],
+        decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2,
+        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+
+
 class PPOOptimizer:
     def __init__(self, policy: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | str,
                  config: PPOConfig | None = None):
@@ -84,13 +108,15 @@ class PPOOptimizer:
                                 -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
 
         value_error = (new_values - returns).pow(2)
-        if cfg.clip_vloss:
-            clipped_values = values + (new_values - values).clamp(-cfg.clip_coef, cfg.clip_coef)
+        if cfg.clip_vloss:  # = values + (new_values - values).clamp(-clip, clip), in one op
+            clipped_values = new_values.clamp(values - cfg.clip_coef, values + cfg.clip_coef)
             value_error = torch.max(value_error, (clipped_values - returns).pow(2))
         value_loss = 0.5 * value_error.mean()
 
         entropy_loss = entropy.mean()
-        total_loss = policy_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * value_loss
+        # policy_loss - ent_coef * entropy_loss + vf_coef * value_loss, two ops fewer: each op in
+        # the graph costs its forward and backward call, the main cost of a small network's update.
+        total_loss = policy_loss.sub(entropy_loss, alpha=cfg.ent_coef).add(value_loss, alpha=cfg.vf_coef)
         return PPOLosses(policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac)
 
     def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = ()) -> dict[str, float]:
@@ -102,8 +128,7 @@ class PPOOptimizer:
         names = ["policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"] + [loss_name(f) for f in custom_loss_fns]
         if len(set(names)) != len(names):
             raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
-        totals = torch.zeros(len(names), device=self.device)
-        num_updates = 0
+        history: list[torch.Tensor] = []  # per minibatch: the reported terms, stacked once at the end
 
         n = batch.obs.shape[0]
         edges = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
@@ -133,15 +158,14 @@ class PPOOptimizer:
                     p.grad = None
                 loss.backward()
                 clip_grad_norm(params, cfg.max_grad_norm)
-                self.optimizer.step()
+                optimizer_step(self.optimizer)
 
-                totals += torch.stack([losses.policy_loss.detach(), losses.value_loss.detach(),
-                                       losses.entropy_loss.detach(), losses.approx_kl, losses.clipfrac,
-                                       *custom_values])
-                num_updates += 1
+                history += [losses.policy_loss.detach(), losses.value_loss.detach(), losses.entropy_loss.detach(),
+                            losses.approx_kl, losses.clipfrac, *custom_values]
             if cfg.target_kl is not None and losses.approx_kl > cfg.target_kl:
                 break
 
-        stats = dict(zip(names, (totals / num_updates).tolist()))
+        means = torch.stack(history).view(-1, len(names)).mean(0)
+        stats = dict(zip(names, means.tolist()))
         stats["explained_variance"] = explained_variance(batch.values, batch.returns)
         return stats
