@@ -30,8 +30,9 @@ from cleanmetta.log import StatsLogger
 from cleanmetta.losses import make_custom_losses
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
-from cleanmetta.trainer import (StopOnSignal, evaluate_and_log, learning_rate_at, make_optimizer, num_epochs_for,
-                                resolve_device, restore_checkpoint, run_dir_for, save_checkpoint, seed_everything)
+from cleanmetta.trainer import (StopOnSignal, evaluate_and_log, learning_rate_at, make_optimizer, make_reward_scaler,
+                                num_epochs_for, resolve_device, restore_checkpoint, run_dir_for, save_checkpoint,
+                                seed_everything)
 
 
 def main(config: TrainingConfig) -> dict:
@@ -47,8 +48,9 @@ def main(config: TrainingConfig) -> dict:
     optimizer = make_optimizer(policy, config.trainer, device)
     experience = Experience.for_env(vecenv, config.trainer.num_steps, device)
     checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir))
-    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv)
-    collector = RolloutCollector(vecenv, policy, experience, device)
+    reward_scaler = make_reward_scaler(config, vecenv)  # None unless ppo.normalize_reward
+    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler)
+    collector = RolloutCollector(vecenv, policy, experience, device, reward_scaler)
     ppo = PPOOptimizer(policy, optimizer, device, config.ppo)
     custom_losses = make_custom_losses(config.ppo)
     evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic)
@@ -74,7 +76,7 @@ def main(config: TrainingConfig) -> dict:
                 scores = evaluate_and_log(evaluator, policy, logger, agent_steps)
             last = epoch >= num_epochs or stop.requested
             if last or (config.checkpoint.interval and epoch % config.checkpoint.interval == 0):
-                save_checkpoint(checkpointer, config, policy, optimizer, epoch, agent_steps, scores)
+                save_checkpoint(checkpointer, config, policy, optimizer, epoch, agent_steps, scores, reward_scaler)
 
     logger.close()
     vecenv.close()

@@ -1,9 +1,14 @@
 """Stable-Baselines3 PPO baseline for the cleanmetta benchmark.
 
-Trains SB3 PPO with hyper-parameters matching CleanRL's ppo.py CartPole
-reference (4 envs x 128 steps, 4 minibatches, 4 epochs, lr 2.5e-4 annealed
-to 0, Tanh 64x64 actor/critic, Adam eps 1e-5) and writes every finished
-episode plus timing and memory figures to a JSON file.
+Trains SB3 PPO with the hyper-parameters of one of cleanmetta's presets and writes every finished
+episode plus timing and memory figures to a JSON file. Both settings use Tanh 64x64 actor and
+critic, orthogonal init, Adam eps 1e-5, a learning rate annealed linearly to 0, GAE 0.95, clip 0.2
+for the policy and the value loss, max grad norm 0.5:
+
+  default      CleanRL's ppo.py CartPole reference: 4 envs x 128 steps, 4 minibatches, 4 epochs,
+               lr 2.5e-4, entropy 0.01.
+  continuous   CleanRL's ppo_continuous_action.py: 1 env x 2048 steps, 32 minibatches, 10 epochs,
+               lr 3e-4, no entropy bonus, VecNormalize (observations and rewards, clipped to 10).
 
 Usage:
     python benchmarks/sb3_ppo.py --env-id CartPole-v1 --total-timesteps 500000 \
@@ -22,6 +27,12 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
+
+SETTINGS = {
+    "default": dict(n_envs=4, n_steps=128, minibatches=4, n_epochs=4, learning_rate=2.5e-4, ent_coef=0.01),
+    "continuous": dict(n_envs=1, n_steps=2048, minibatches=32, n_epochs=10, learning_rate=3e-4, ent_coef=0.0),
+}
 
 
 class EpisodeRecorder(BaseCallback):
@@ -48,6 +59,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env-id", default="CartPole-v1")
     parser.add_argument("--total-timesteps", type=int, default=500_000)
+    parser.add_argument("--settings", choices=sorted(SETTINGS), default="default")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
     parser.add_argument("--out", required=True, help="path of the JSON result")
@@ -56,18 +68,23 @@ def main():
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    envs = make_vec_env(args.env_id, n_envs=4, seed=args.seed)  # DummyVecEnv + Monitor
+    settings = SETTINGS[args.settings]
+    envs = make_vec_env(args.env_id, n_envs=settings["n_envs"], seed=args.seed)  # DummyVecEnv + Monitor
+    if args.settings == "continuous":  # Monitor sits inside, so recorded returns stay raw
+        envs = VecNormalize(envs, norm_obs=True, norm_reward=True, clip_obs=10.0, clip_reward=10.0, gamma=0.99)
+    lr = settings["learning_rate"]
     model = PPO(
         "MlpPolicy",
         envs,
-        learning_rate=lambda progress_remaining: progress_remaining * 2.5e-4,
-        n_steps=128,
-        batch_size=128,  # 4 envs * 128 steps / 4 minibatches
-        n_epochs=4,
+        learning_rate=lambda progress_remaining: progress_remaining * lr,
+        n_steps=settings["n_steps"],
+        batch_size=settings["n_envs"] * settings["n_steps"] // settings["minibatches"],
+        n_epochs=settings["n_epochs"],
         gamma=0.99,
         gae_lambda=0.95,
         clip_range=0.2,
-        ent_coef=0.01,
+        clip_range_vf=0.2,  # cleanmetta and CleanRL clip the value loss too
+        ent_coef=settings["ent_coef"],
         vf_coef=0.5,
         max_grad_norm=0.5,
         normalize_advantage=True,
@@ -75,6 +92,7 @@ def main():
             net_arch=dict(pi=[64, 64], vf=[64, 64]),
             activation_fn=torch.nn.Tanh,
             ortho_init=True,
+            log_std_init=0.0,  # Box actions: the learned log-std starts at 0, as in cleanmetta
             optimizer_kwargs=dict(eps=1e-5),
         ),
         seed=args.seed,

@@ -19,7 +19,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cartpole import first_solved, run_cleanmetta  # noqa: E402
+from compare import first_solved, run_cleanmetta  # noqa: E402
 
 
 def main() -> None:

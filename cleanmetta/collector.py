@@ -4,7 +4,8 @@ One `collect()` runs `experience.num_steps` steps of every environment: one batc
 `policy.sample(obs)` per step under `torch.inference_mode()` (with the values, or, for a policy
 whose critic is separate, all values in one pass at the end), the actions to the env, the env's
 answer into the buffer. It also tracks episode returns and lengths and reports the episodes that
-finished (with their task, when the env names one in info["task"]).
+finished (with their task, when the env names one in info["task"], and any statistics the env
+reports for finished episodes in info["episode_stats"], a dict of name -> values).
 
 Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that env's reset step;
 its action is ignored and its transition joins two episodes, so it is stored with valid = 0 and
@@ -24,16 +25,19 @@ from gymnasium import spaces
 
 from cleanmetta.envs import check_autoreset, check_spaces
 from cleanmetta.experience import Experience
+from cleanmetta.normalize import RewardScaler
 
 
 class RolloutCollector:
-    def __init__(self, vecenv, policy, experience: Experience, device: torch.device | str = "cpu"):
+    def __init__(self, vecenv, policy, experience: Experience, device: torch.device | str = "cpu",
+                 reward_scaler: RewardScaler | None = None):
         check_spaces(vecenv.single_observation_space, vecenv.single_action_space)
         check_autoreset(vecenv)
         if experience.num_agents != vecenv.num_envs:
             raise ValueError(f"experience holds {experience.num_agents} agents but the vector env has "
                              f"{vecenv.num_envs}; build it with Experience.for_env(vecenv, ...)")
         self.vecenv, self.policy, self.experience = vecenv, policy, experience
+        self.reward_scaler = reward_scaler  # rewards reach the buffer scaled; episode returns stay raw
         self.device = torch.device(device)
         T, B = experience.num_steps, experience.num_agents
 
@@ -68,6 +72,7 @@ class RolloutCollector:
         """Fill the experience with one rollout; returns (finished-episode stats, agent steps taken)."""
         exp = self.experience
         finished_returns, finished_lengths, finished_tasks = [], [], []
+        episode_stats: dict[str, list] = {}
         for t in range(exp.num_steps):
             obs = self.next_obs
             action, logprob, value = self.policy.sample(obs)
@@ -94,6 +99,8 @@ class RolloutCollector:
                 finished_lengths.append(self.episode_length[done].copy())
                 if "task" in infos:  # a curriculum env names the task each episode played
                     finished_tasks.append(infos["task"][done])
+                for name, values in infos.get("episode_stats", {}).items():  # the env's own statistics
+                    episode_stats.setdefault(name, []).extend(values)
                 self.episode_return[done] = 0.0
                 self.episode_length[done] = 0
             self.prev_done = done
@@ -102,12 +109,16 @@ class RolloutCollector:
         if value is None:  # the policy left the values to one batched pass over the rollout
             exp.values.copy_(self.policy.get_value(exp.obs.flatten(0, 1)).view_as(exp.values))
         exp.last_value.copy_(self.policy.get_value(self.next_obs))
-        for name in ("rewards", "terminals", "dones", "valid"):
-            getattr(exp, name).copy_(torch.from_numpy(getattr(self, name)), non_blocking=True)
+        rewards = self.rewards if self.reward_scaler is None else self.reward_scaler(self.rewards, self.dones, self.valid)
+        for column, values in ((exp.rewards, rewards), (exp.terminals, self.terminals), (exp.dones, self.dones),
+                               (exp.valid, self.valid)):
+            column.copy_(torch.from_numpy(values), non_blocking=True)
         stats = {
             "episodic_return": np.concatenate(finished_returns) if finished_returns else np.zeros(0),
             "episodic_length": np.concatenate(finished_lengths) if finished_lengths else np.zeros(0, np.int64),
         }
         if finished_tasks:
             stats["episodic_task"] = np.concatenate(finished_tasks)
+        if episode_stats:
+            stats["episode_stats"] = {name: np.asarray(values) for name, values in episode_stats.items()}
         return stats, exp.batch_size

@@ -40,10 +40,12 @@ class EnvConfig:
 class AgentConfig:
     """The policy network."""
 
-    name: str = "mlp"
-    """network: 'mlp' (vector observations) or 'simple_cnn' (image / grid observations)."""
+    name: str = "auto"
+    """network: 'mlp' (vectors), 'simple_cnn' (images, grids), 'token' (MettaGrid tokens) or 'auto' (by obs shape)."""
     hidden_size: int = 64
     """width of the hidden layers (mlp) or of the dense layer after the convolutions (simple_cnn)."""
+    normalize_obs: bool = False
+    """mlp: standardise observations by their running mean and std, clipped to +-10 (saved with the policy)."""
 
 
 @dataclass
@@ -86,6 +88,8 @@ class PPOConfig:
     """value loss coefficient."""
     max_grad_norm: float = 0.5
     """global gradient-norm clip."""
+    normalize_reward: bool = False
+    """divide rewards by the running std of the discounted return, clipped to +-10 (continuous control)."""
     target_kl: float | None = None
     """stop an update's epochs early once approx_kl exceeds this (None: never)."""
     custom_losses: list[str] = field(default_factory=list)
@@ -231,9 +235,11 @@ class TrainingConfig:
         check(env.vectorization in ("auto", "native", "sync", "async"), "env.vectorization",
               env.vectorization, "must be one of 'auto', 'native', 'sync', 'async'")
 
-        check(self.agent.name in POLICIES, "agent.name", self.agent.name,
-              f"is not a known network; choose one of {sorted(POLICIES)}")
+        check(self.agent.name in POLICIES or self.agent.name == "auto", "agent.name", self.agent.name,
+              f"is not a known network; choose one of {sorted(POLICIES)} or 'auto'")
         check(self.agent.hidden_size >= 1, "agent.hidden_size", self.agent.hidden_size, "must be >= 1")
+        check(not self.agent.normalize_obs or self.agent.name in ("mlp", "auto"), "agent.normalize_obs", True,
+              f"is for agent.name='mlp' (vector observations), not {self.agent.name!r}; drop the flag")
 
         trainer = self.trainer
         check(trainer.total_timesteps >= 1, "trainer.total_timesteps", trainer.total_timesteps, "must be >= 1")
@@ -367,5 +373,34 @@ def small_fast_config() -> TrainingConfig:
     )
 
 
-PRESETS = {"default": TrainingConfig, "small_fast": small_fast_config}
+def continuous_config() -> TrainingConfig:
+    """The continuous-control reference settings (CleanRL's ppo_continuous_action.py) on Pendulum-v1.
+
+    One environment, 2048-step rollouts, 32 minibatches x 10 epochs, lr 3e-4 annealed, no entropy
+    bonus, observations and rewards normalised by running statistics. Pick the task with --env.id.
+    """
+    return TrainingConfig(
+        env=EnvConfig(id="Pendulum-v1", num_envs=1),
+        agent=AgentConfig(normalize_obs=True),
+        trainer=TrainerConfig(total_timesteps=1_000_000, num_steps=2048, learning_rate=3e-4),
+        ppo=PPOConfig(num_minibatches=32, update_epochs=10, ent_coef=0.0, normalize_reward=True),
+    )
+
+
+def mettagrid_config() -> TrainingConfig:
+    """Multi-agent PPO on MettaGrid's hearts task (needs the `mettagrid` extra).
+
+    16 simulations x 4 agents = 64 agents a step, 128-step rollouts (8192 samples), 2 epochs of 4
+    minibatches, lr 1e-3, a smaller entropy bonus: cheap updates for a fast environment. Train on
+    both tasks with --curriculum.tasks mettagrid/hearts mettagrid/hearts_sparse.
+    """
+    return TrainingConfig(
+        env=EnvConfig(id="mettagrid/hearts", num_envs=16),
+        trainer=TrainerConfig(total_timesteps=500_000, learning_rate=1e-3),
+        ppo=PPOConfig(update_epochs=2, ent_coef=0.005),
+    )
+
+
+PRESETS = {"default": TrainingConfig, "small_fast": small_fast_config, "continuous": continuous_config,
+           "mettagrid": mettagrid_config}
 """Named starting points for `python train.py --preset NAME`."""

@@ -180,9 +180,22 @@ class CurriculumEnv(gym.Env):
 
 
 def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None = None) -> gym.vector.VectorEnv:
-    """Build `env_config.num_envs` copies of the env (or of the curriculum's tasks), seeded with seed, seed + 1, ..."""
+    """Build `env_config.num_envs` copies of the env (or of the curriculum's tasks), seeded with seed, seed + 1, ...
+
+    `mettagrid/<task>` ids build cleanmetta.mettagrid_env.MettaGridVecEnv: num_envs simulations of
+    several agents each, one batch row per agent.
+    """
     curriculum = curriculum or SingleTaskCurriculum(env_config.id)
     task = curriculum.tasks[0]
+    if any(t.env_id.startswith("mettagrid/") for t in curriculum.tasks):  # the optional MettaGrid extra
+        from cleanmetta.mettagrid_env import MettaGridVecEnv
+
+        if not all(t.env_id.startswith("mettagrid/") for t in curriculum.tasks):
+            raise ConfigError(f"curriculum tasks {[t.name for t in curriculum.tasks]} mix MettaGrid and gymnasium "
+                              "environments; their observations differ, so train on one kind at a time")
+        vecenv = MettaGridVecEnv(curriculum, env_config.num_envs, seed)
+        vecenv.reset(seed=seed)
+        return vecenv
     try:
         spec = gym.spec(task.env_id)
     except gym.error.Error as err:

@@ -70,9 +70,10 @@ class PolicyEvaluator:
     def run(self, policy, sim: Simulation) -> SimulationResult:
         vecenv = make_vecenv(EnvConfig(id=Task.parse(sim.task).env_id, num_envs=sim.episodes),
                              sim.seed, SingleTaskCurriculum(sim.task))
-        returns = np.zeros(sim.episodes)
-        lengths = np.zeros(sim.episodes, np.int64)
-        running = np.ones(sim.episodes, bool)
+        # One episode per env; a multi-agent env (MettaGrid) has several agents per episode, each a row.
+        returns = np.zeros(vecenv.num_envs)
+        lengths = np.zeros(vecenv.num_envs, np.int64)
+        running = np.ones(vecenv.num_envs, bool)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(sim.seed)
             obs, _ = vecenv.reset()

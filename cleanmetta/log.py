@@ -109,6 +109,8 @@ class StatsLogger:
         if tasks is not None:
             for task in np.unique(tasks):
                 scalars[f"tasks/{task}/episodic_return"] = float(np.mean(returns[tasks == task]))
+        for name, values in rollout_stats.get("episode_stats", {}).items():  # e.g. MettaGrid's game stats
+            scalars[f"env/{name}"] = float(np.mean(values))
         for key, value in update_stats.items():
             scalars[LOSS_TAGS.get(key, f"losses/{key}")] = value
         self.log_scalars(agent_steps, scalars)

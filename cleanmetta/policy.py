@@ -29,6 +29,7 @@ from torch import nn
 
 from cleanmetta.config import AgentConfig, ConfigError
 from cleanmetta.envs import check_spaces
+from cleanmetta.normalize import ObservationNorm
 
 
 def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
@@ -179,30 +180,33 @@ class MLP(nn.Module):
 class MLPPolicy(Policy):
     """Separate actor and critic MLPs over flattened observations (CleanRL's ppo.py network)."""
 
-    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 64):
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 64,
+                 normalize_obs: bool = False):
         super().__init__()
         obs_dim = int(np.prod(observation_space.shape))
+        self.obs_norm = ObservationNorm((obs_dim,)) if normalize_obs else None
         self.head = make_head(action_space)
         self.actor = MLP([obs_dim, hidden_size, hidden_size, self.head.num_outputs], out_std=0.01)
         self.critic = MLP([obs_dim, hidden_size, hidden_size, 1], out_std=1.0)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _flat(obs)
+        x = self.features(obs)
         return self.actor.forward(x), self.critic.forward(x).squeeze(-1)
 
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """The flat float input of both MLPs, normalised when agent.normalize_obs."""
+        x = obs.float() if obs.dim() == 2 else obs.flatten(1).float()
+        return x if self.obs_norm is None else self.obs_norm(x)
+
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic.forward(_flat(obs)).squeeze(-1)
+        return self.critic.forward(self.features(obs)).squeeze(-1)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         # The critic shares nothing with the actor, so the rollout runs the actor alone and the
         # collector evaluates the critic once on the whole rollout: +11% steps/s on CartPole.
-        params = self.actor.forward(_flat(obs))
+        params = self.actor.forward(self.features(obs))
         action = self.head.sample(params)
         return action, self.head.log_prob(params, action), None
-
-
-def _flat(obs: torch.Tensor) -> torch.Tensor:
-    return obs.float() if obs.dim() == 2 else obs.flatten(1).float()
 
 
 class CNNPolicy(Policy):
@@ -245,7 +249,56 @@ class CNNPolicy(Policy):
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
 
-POLICIES: dict[str, type[Policy]] = {"mlp": MLPPolicy, "simple_cnn": CNNPolicy}
+class TokenPolicy(Policy):
+    """Actor-critic over token observations `[num_tokens, 3]` of bytes (location, feature id, value), as
+    MettaGrid emits them; location 0xFF marks an empty token.
+
+    Tokens are encoded directly rather than drawn into a [features, height, width] grid for
+    simple_cnn: an agent sees a few dozen tokens but a grid has features x cells inputs, and at
+    MettaGrid's speed (~70k agent-steps/s on one core) convolutions over it would make the network,
+    not the environment, the whole cost of training. The encoder is exactly a linear layer over the
+    one-hot (feature, location) grid, computed from the tokens alone: token (loc, f, v) selects row
+    f * 256 + loc of a table and weighs it by log(1 + v); the weighted rows are summed (one
+    embedding_bag call), then tanh. The table has (largest feature id + 1) x 256 rows, the feature
+    bound read from the observation space's high values. Actor and critic share the encoder, each
+    with one more tanh layer.
+    """
+
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 64):
+        super().__init__()
+        if len(observation_space.shape) != 2 or observation_space.shape[1] != 3 or observation_space.dtype != np.uint8:
+            raise ValueError(f"token needs uint8 observations [num_tokens, 3], got {observation_space.shape} "
+                             f"{observation_space.dtype}; use agent.name='mlp' or 'simple_cnn'")
+        num_features = int(observation_space.high[..., 1].max()) + 1
+        # ~16 tokens of a window are filled: rows of std 1/4 sum to pre-activations of std ~1.
+        self.table = nn.Parameter(torch.randn(num_features * 256, hidden_size) / 4)
+        self.head = make_head(action_space)
+        self.actor = MLP([hidden_size, hidden_size, self.head.num_outputs], out_std=0.01)
+        self.critic = MLP([hidden_size, hidden_size, 1], out_std=1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, feature, value = obs.long().unbind(-1)  # each [B, num_tokens]
+        filled = loc != EMPTY_TOKEN
+        rows = (feature * 256 + loc) * filled  # empty tokens point at row 0 with weight 0
+        weights = torch.log1p(value.float()) * filled
+        hidden = torch.tanh(F.embedding_bag(rows, self.table, per_sample_weights=weights, mode="sum"))
+        return self.actor.forward(hidden), self.critic.forward(hidden).squeeze(-1)
+
+
+EMPTY_TOKEN = 0xFF
+
+POLICIES: dict[str, type[Policy]] = {"mlp": MLPPolicy, "simple_cnn": CNNPolicy, "token": TokenPolicy}
+
+
+def network_for(agent_config: AgentConfig, observation_space: spaces.Space) -> str:
+    """agent.name, with 'auto' resolved from the observation space: token for uint8 [num_tokens, 3]
+    (MettaGrid), simple_cnn for [C, H, W] / [H, W, C] images, mlp otherwise."""
+    if agent_config.name != "auto":
+        return agent_config.name
+    shape = observation_space.shape
+    if len(shape) == 2 and shape[1] == 3 and observation_space.dtype == np.uint8:
+        return "token"
+    return "simple_cnn" if len(shape) == 3 else "mlp"
 
 
 def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
@@ -253,9 +306,14 @@ def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, acti
     from cleanmetta.checkpoint import space_to_dict
 
     check_spaces(observation_space, action_space)
-    if agent_config.name not in POLICIES:
-        raise ConfigError(f"agent.name={agent_config.name!r} is not a known network; choose one of {sorted(POLICIES)}")
-    policy = POLICIES[agent_config.name](observation_space, action_space, agent_config.hidden_size)
+    name = network_for(agent_config, observation_space)
+    if name not in POLICIES:
+        raise ConfigError(f"agent.name={name!r} is not a known network; choose one of {sorted(POLICIES)} or 'auto'")
+    if agent_config.normalize_obs and name != "mlp":
+        raise ConfigError(f"agent.normalize_obs is for the mlp network, not {name!r} (agent.name="
+                          f"{agent_config.name!r}); drop the flag")
+    kwargs = {"normalize_obs": True} if agent_config.normalize_obs else {}
+    policy = POLICIES[name](observation_space, action_space, agent_config.hidden_size, **kwargs)
     # What a checkpoint needs to rebuild this network (see checkpoint.py).
     policy.spec = {"agent": dataclasses.asdict(agent_config), "observation_space": space_to_dict(observation_space),
                    "action_space": space_to_dict(action_space)}

@@ -167,5 +167,8 @@ class PPOOptimizer:
 
         means = torch.stack(history).view(-1, len(names)).mean(0)
         stats = dict(zip(names, means.tolist()))
+        obs_norm = getattr(self.policy, "obs_norm", None)
+        if obs_norm is not None:  # after the update, so that it scored actions as the rollout saw them
+            obs_norm.update(batch.obs.flatten(1))
         stats["explained_variance"] = explained_variance(batch.values, batch.returns)
         return stats

@@ -31,6 +31,7 @@ from cleanmetta.evaluate import PolicyEvaluator, suite_from_config
 from cleanmetta.experience import Experience
 from cleanmetta.log import StatsLogger
 from cleanmetta.losses import make_custom_losses
+from cleanmetta.normalize import RewardScaler
 from cleanmetta.ppo import CustomLoss, PPOOptimizer
 
 
@@ -59,6 +60,11 @@ def make_optimizer(policy: torch.nn.Module, trainer: TrainerConfig, device: torc
                             fused=device.type in ("cpu", "cuda"))
 
 
+def make_reward_scaler(config: TrainingConfig, vecenv) -> RewardScaler | None:
+    """The collector's reward scaler when ppo.normalize_reward, else None."""
+    return RewardScaler(vecenv.num_envs, config.ppo.gamma) if config.ppo.normalize_reward else None
+
+
 def learning_rate_at(trainer: TrainerConfig, epoch: int, num_epochs: int) -> float:
     """Learning rate for 0-based `epoch`: linear decay from learning_rate towards 0 when anneal_lr."""
     if not trainer.anneal_lr:
@@ -79,17 +85,20 @@ def num_epochs_for(config: TrainingConfig, experience: Experience) -> int:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
-                    epoch: int, agent_steps: int, scores: dict[str, float] | None = None) -> None:
+                    epoch: int, agent_steps: int, scores: dict[str, float] | None = None,
+                    reward_scaler: RewardScaler | None = None) -> None:
     """Policy first, then the trainer state that points at it: a crash between the two leaves the
     previous trainer state, whose policy file is still there."""
     checkpointer.save_policy(policy, epoch, {"agent_steps": agent_steps, "scores": scores or {}})
+    extra = {"reward_scaler": reward_scaler.state_dict()} if reward_scaler is not None else {}
     checkpointer.save_trainer_state(agent_steps, epoch, optimizer.state_dict(), checkpointer.checkpoint_dir,
-                                    config=config.to_dict())
+                                    config=config.to_dict(), **extra)
 
 
 def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
-                       vecenv) -> tuple[int, int]:
-    """Load the run directory's last checkpoint into policy and optimizer; return (epoch, agent_steps).
+                       vecenv, reward_scaler: RewardScaler | None = None) -> tuple[int, int]:
+    """Load the run directory's last checkpoint into policy, optimizer (and reward scaler); return
+    (epoch, agent_steps).
 
     Returns (0, 0) when there is none or checkpoint.resume is off. Environments cannot be saved,
     so episodes in flight at the checkpoint restart: the envs are reseeded from (seed, epoch).
@@ -106,6 +115,11 @@ def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfi
     record = checkpointer.load_policy(state, vecenv)
     policy.load_state_dict(record.policy.state_dict())
     optimizer.load_state_dict(state["optimizer_state"])
+    if reward_scaler is not None:
+        if "reward_scaler" not in state:
+            raise ConfigError(f"{checkpointer.checkpoint_dir} was trained without ppo.normalize_reward; resume it "
+                              "without the flag, or pass --checkpoint.no-resume to start over")
+        reward_scaler.load_state_dict(state["reward_scaler"])
     set_rng_state(state["rng"])
     vecenv.reset(seed=config.seed + 104_729 * state["epoch"])
     print(f"resumed {checkpointer.checkpoint_dir} at epoch {state['epoch']}, {state['agent_step']:,} agent steps",
@@ -179,11 +193,12 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
     run_dir = run_dir_for(config)
     optimizer = optimizer or make_optimizer(policy, config.trainer, device)
     checkpointer = TrainingCheckpointer(run_dir, policy_store or PolicyStore(run_dir))
-    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv)
+    reward_scaler = make_reward_scaler(config, vecenv)
+    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler)
     losses = list(custom_losses) if custom_losses is not None else make_custom_losses(ppo_config)
     return TrainingComponents(
         policy=policy, optimizer=optimizer, vecenv=vecenv,
-        collector=RolloutCollector(vecenv, policy, experience, device),
+        collector=RolloutCollector(vecenv, policy, experience, device, reward_scaler),
         ppo=PPOOptimizer(policy, optimizer, device, ppo_config),
         logger=StatsLogger(run_dir, config, config.trainer.total_timesteps, config.log.tensorboard,
                            config.log.console_interval, start_step=agent_steps),
@@ -214,7 +229,8 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
         state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps)
     last = state.epoch >= state.num_epochs or state.stop.requested
     if last or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):
-        save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps, state.scores)
+        save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps, state.scores,
+                        c.collector.reward_scaler)
         state.checkpoint_epoch = state.epoch
     return update_stats
 
@@ -254,7 +270,7 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
             step_fn(state, components, config, experience)
     if state.checkpoint_epoch != state.epoch:  # e.g. a step_fn that stopped early: never lose the last epochs
         save_checkpoint(components.checkpointer, config, policy, components.optimizer, state.epoch,
-                        state.agent_steps, state.scores)
+                        state.agent_steps, state.scores, components.collector.reward_scaler)
     components.logger.close()
     vecenv.close()
     return state

@@ -1,0 +1,182 @@
+"""cleanmetta's train.py against Stable-Baselines3 PPO with the same settings, side by side.
+
+Both libraries train with the same PPO hyper-parameters for the same number of steps and seeds.
+Runs alternate between the libraries (the order flips every seed) so that drift in machine speed
+hits both alike. Each run is a fresh process; its wall time includes interpreter start and imports.
+
+Tasks:
+  cartpole     CartPole-v1, the reference discrete settings (4 envs x 128 steps, 4 minibatches x 4
+               epochs, lr 2.5e-4 annealed, ...), 500k steps, "solved" at a last-20 mean of 475.
+  pendulum     Pendulum-v1, the reference continuous settings (cleanmetta's `continuous` preset: 1 env x
+               2048 steps, 32 minibatches x 10 epochs, lr 3e-4 annealed, no entropy bonus, observations
+               and rewards normalised; SB3 with VecNormalize), "solved" at -200.
+  halfcheetah  HalfCheetah-v5 (needs `pip install mujoco`), the same continuous settings, "solved" at 1000.
+
+Per run: wall seconds, steps per second of the training loop, the agent step and the wall time at
+which the mean return of the last 20 episodes first reaches the task's threshold, the final last-20
+mean return, and the process's peak resident memory. Per library: medians, and the ratios.
+
+    pip install stable-baselines3            # only for this benchmark (and mujoco for halfcheetah)
+    python benchmarks/compare.py             # CartPole: 5 seeds x 500k steps, ~15 minutes on 2 cores
+    python benchmarks/compare.py --task pendulum --seeds 1 2 3 --total-timesteps 200000
+    python benchmarks/compare.py --seeds 1 --total-timesteps 50000 --libraries cleanmetta
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Task:
+    env_id: str
+    settings: str          # the hyper-parameter set: cleanmetta's --preset and sb3_ppo.py's --settings
+    total_timesteps: int
+    solved: float          # the last-20 mean return that counts as solved
+
+
+TASKS = {
+    "cartpole": Task("CartPole-v1", "default", 500_000, 475.0),
+    "pendulum": Task("Pendulum-v1", "continuous", 1_000_000, -200.0),
+    "halfcheetah": Task("HalfCheetah-v5", "continuous", 1_000_000, 1000.0),
+}
+
+
+def run_process(command: list[str]) -> tuple[float, float]:
+    """Run `command`; return (wall seconds, peak RSS in MB) of that process alone."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with status {status}")
+    return wall, usage.ru_maxrss / 1024  # ru_maxrss is in KB on Linux
+
+
+def first_solved(episodes: list[tuple[int, float, float]], threshold: float = 475.0) -> tuple[int, float] | None:
+    """(agent step, seconds) at which the mean of the last 20 episode returns first reaches `threshold`."""
+    for i in range(19, len(episodes)):
+        if statistics.fmean(ret for _, _, ret in episodes[i - 19 : i + 1]) >= threshold:
+            return episodes[i][0], episodes[i][1]
+    return None
+
+
+def run_cleanmetta(seed: int, total_timesteps: int | None, workdir: str, extra: list[str]) -> dict:
+    name = f"cleanmetta_seed{seed}"
+    steps = [] if total_timesteps is None else ["--trainer.total-timesteps", str(total_timesteps)]
+    wall, rss = run_process([sys.executable, "train.py", "--seed", str(seed), *steps, "--log.run-root", workdir,
+                             "--experiment-name", name, "--log.console-interval", "1e9", *extra])
+    run_dir = os.path.join(workdir, name)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(run_dir, "episodes.csv")) as f:
+        episodes = [(int(r["agent_steps"]), float(r["seconds"]), float(r["return"])) for r in csv.DictReader(f)]
+    return {"wall": wall, "train": summary["seconds"], "steps": summary["agent_steps"], "rss": rss,
+            "episodes": episodes}
+
+
+def run_sb3(task: Task, seed: int, total_timesteps: int, workdir: str, threads: int) -> dict:
+    out = os.path.join(workdir, f"sb3_seed{seed}_threads{threads}.json")
+    wall, rss = run_process([sys.executable, "benchmarks/sb3_ppo.py", "--env-id", task.env_id, "--settings",
+                             task.settings, "--seed", str(seed), "--threads", str(threads),
+                             "--total-timesteps", str(total_timesteps), "--out", out])
+    with open(out) as f:
+        result = json.load(f)
+    return {"wall": wall, "train": result["train_seconds"], "steps": result["agent_steps"], "rss": rss,
+            "episodes": [(step, seconds, ret) for step, seconds, ret, _ in result["episodes"]]}
+
+
+def measure(run: dict, threshold: float) -> dict:
+    startup = run["wall"] - run["train"]  # interpreter start, imports and setup
+    solved = first_solved(run["episodes"], threshold)
+    final = [ret for _, _, ret in run["episodes"][-20:]]
+    return {
+        "wall_s": run["wall"],
+        "sps": run["steps"] / run["train"],
+        "solved_step": solved[0] if solved else None,
+        "solved_wall_s": startup + solved[1] if solved else None,
+        "final_return": statistics.fmean(final) if final else float("nan"),
+        "peak_rss_mb": run["rss"],
+    }
+
+
+def median(values: list) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "never" if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(TASKS), default="cartpole")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--total-timesteps", type=int, default=None, help="default: the task's")
+    parser.add_argument("--libraries", nargs="+", default=["cleanmetta", "sb3"],
+                        choices=["cleanmetta", "sb3", "sb3-1thread"],
+                        help="sb3 keeps torch's default thread count; sb3-1thread sets one thread as cleanmetta does")
+    parser.add_argument("--cleanmetta-args", nargs=argparse.REMAINDER, default=[],
+                        help="extra train.py flags, e.g. --cleanmetta-args --torch-threads 2")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/<task>.json")
+    args = parser.parse_args()
+    task = TASKS[args.task]
+    steps = args.total_timesteps or task.total_timesteps
+    out = args.out or os.path.join(ROOT, "benchmarks", "results", f"{args.task}.json")
+
+    cleanmetta_args = ["--preset", task.settings, "--env.id", task.env_id, *args.cleanmetta_args]
+    runners = {
+        "cleanmetta": lambda seed, d: run_cleanmetta(seed, steps, d, cleanmetta_args),
+        "sb3": lambda seed, d: run_sb3(task, seed, steps, d, threads=0),
+        "sb3-1thread": lambda seed, d: run_sb3(task, seed, steps, d, threads=1),
+    }
+    results: dict[str, list[dict]] = {lib: [] for lib in args.libraries}
+    with tempfile.TemporaryDirectory() as workdir:
+        for i, seed in enumerate(args.seeds):
+            order = args.libraries if i % 2 == 0 else args.libraries[::-1]
+            for lib in order:
+                row = measure(runners[lib](seed, workdir), task.solved)
+                results[lib].append({"seed": seed, **row})
+                print(f"{lib:12s} seed {seed}: {row['wall_s']:6.1f} s wall, {row['sps']:7.0f} steps/s, "
+                      f"solved at step {fmt(row['solved_step'], ',')}, final return {row['final_return']:.1f}, "
+                      f"peak {row['peak_rss_mb']:.0f} MB", flush=True)
+
+    print(f"\n{task.env_id} ({task.settings} settings), {steps:,} steps, seeds {args.seeds}; medians over seeds\n")
+    print(f"| library | wall s | steps/s | step at last-20 mean >= {task.solved:g} | wall s at {task.solved:g} "
+          f"| final return | seeds ending >= {task.solved:g} | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    summary = {}
+    for lib, rows in results.items():
+        col = {key: median([r[key] for r in rows]) for key in rows[0] if key != "seed"}
+        solved = sum(r["final_return"] >= task.solved for r in rows)
+        summary[lib] = {**col, "seeds_final_solved": solved, "runs": rows}
+        print(f"| {lib} | {col['wall_s']:.1f} | {col['sps']:,.0f} | {fmt(col['solved_step'], ',.0f')} "
+              f"| {fmt(col['solved_wall_s'], '.1f')} | {col['final_return']:.1f} | {solved}/{len(rows)} "
+              f"| {col['peak_rss_mb']:.0f} |")
+    if "cleanmetta" in results:
+        for lib in results:
+            if lib != "cleanmetta":
+                ratios = [a["sps"] / b["sps"] for a, b in zip(results["cleanmetta"], results[lib])]
+                walls = [b["wall_s"] / a["wall_s"] for a, b in zip(results["cleanmetta"], results[lib])]
+                print(f"\ncleanmetta / {lib}: steps per second, median of per-seed ratios {statistics.median(ratios):.2f}x; "
+                      f"wall time {statistics.median(walls):.2f}x shorter")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"task": args.task, "env_id": task.env_id, "total_timesteps": steps, "seeds": args.seeds,
+                   "libraries": summary}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""MettaGrid, Metta AI's C++ multi-agent gridworld, as one vector env of N simulations x A agents.
+
+`python train.py --env.id mettagrid/hearts` trains on it after `pip install -e ".[mettagrid]"`.
+`env.num_envs` is the number of simulations; the collector sees `num_envs x agents` agents, each a
+row of the batch, and trains one policy shared by all of them (parameter sharing).
+
+Stepping: every simulation owns a slice of one set of numpy arrays (observations, actions,
+rewards, terminals, truncations) that the C++ simulator reads and writes in place, so a step
+copies nothing: write the actions, call `step()` on each simulation, read the arrays. The arrays
+are overwritten by the next step; the collector copies what it keeps. Simulations run in this
+process one after another: on 2 cores, PufferLib's worker processes were ~10x slower (see
+shared/notes/mettagrid.md).
+
+Episodes end at the task's `max_steps` as truncations (bootstrapped by PPO). Autoreset follows
+envs.py's NEXT_STEP contract: the step after a simulation's episode ends starts a new simulation
+(a new map from the curriculum's next task), returns its first observation with reward 0 and
+ignores the actions. Each finished episode reports its task in info["task"] and MettaGrid's own
+statistics, averaged over the simulation's agents, in info["episode_stats"].
+
+Tasks (`mettagrid/<name>`, with `:key=value` overrides, e.g. `mettagrid/hearts:altars=3`):
+- `hearts`: 4 agents on a 15x15 map with 6 altars of 5 hearts each; walking onto an altar takes
+  a heart, worth 1. 200 steps.
+- `hearts_sparse`: the same agents on a 25x25 map with 4 altars of 3 hearts and more walls: fewer,
+  farther rewards, which a random walk rarely finds.
+Both share spaces (tokens, 5 actions: noop and four moves), so a curriculum can mix them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from cleanmetta.config import ConfigError
+from cleanmetta.envs import Curriculum, Task, UnsupportedEnvError
+
+PREFIX = "mettagrid/"
+INSTALL_HINT = 'MettaGrid is an optional extra: pip install -e ".[mettagrid]"'
+
+
+def is_mettagrid(env_id: str) -> bool:
+    return env_id.startswith(PREFIX)
+
+
+def hearts_task(num_agents: int = 4, width: int = 15, height: int = 15, altars: int = 6, hearts: int = 5,
+                walls: int = 10, max_steps: int = 200, view: int = 7, num_tokens: int = 64):
+    """A MettaGridConfig: agents collect hearts (reward 1 each) by walking onto altars that hold them.
+
+    Built from mettagrid's public config classes: an altar is a grid object with `hearts` in its
+    inventory whose use handler (an agent moving onto it) withdraws one heart into the agent's
+    inventory and removes the altar once empty; agents are rewarded by their heart count. Actions
+    are noop and four moves (vibes off). Each agent sees a `view` x `view` window as `num_tokens`
+    tokens. Time limits end episodes as truncations.
+    """
+    from mettagrid.config.action_config import ActionsConfig, ChangeVibeActionConfig
+    from mettagrid.config.game_value import InventoryValue
+    from mettagrid.config.handler_config import Handler
+    from mettagrid.config.mettagrid_config import (AgentConfig, GameConfig, GridObjectConfig, InventoryConfig,
+                                                   MettaGridConfig, WallConfig)
+    from mettagrid.config.mutation import withdraw
+    from mettagrid.config.obs_config import ObsConfig
+    from mettagrid.config.reward_config import reward
+    from mettagrid.map_builder.random_map import RandomMapBuilder
+
+    altar = GridObjectConfig(name="altar", inventory=InventoryConfig(initial={"heart": hearts}),
+                             on_use_handler=Handler(mutations=[withdraw({"heart": 1}, remove_when_empty=True)]))
+    return MettaGridConfig(game=GameConfig(
+        num_agents=num_agents, max_steps=max_steps, episode_truncates=True, resource_names=["heart"],
+        obs=ObsConfig(width=view, height=view, num_tokens=num_tokens),
+        actions=ActionsConfig(change_vibe=ChangeVibeActionConfig(enabled=False)),
+        agent=AgentConfig(rewards={"heart": reward(InventoryValue(item="heart"))}),
+        objects={"wall": WallConfig(), "altar": altar},
+        map_builder=RandomMapBuilder.Config(agents=num_agents, width=width, height=height, border_width=1,
+                                            objects={"altar": altars, "wall": walls}),
+    ))
+
+
+TASKS: dict[str, dict[str, Any]] = {
+    "hearts": {},
+    "hearts_sparse": {"width": 25, "height": 25, "altars": 4, "hearts": 3, "walls": 40},
+}
+
+
+def task_config(task: Task):
+    """The MettaGridConfig of a `mettagrid/<name>:key=value` task."""
+    name = task.env_id[len(PREFIX):]
+    if name not in TASKS:
+        raise ConfigError(f"env.id={task.env_id!r} is not a MettaGrid task; choose one of "
+                          f"{[PREFIX + known for known in TASKS]}")
+    try:
+        return hearts_task(**{**TASKS[name], **task.kwargs})
+    except TypeError as err:
+        raise ConfigError(f"MettaGrid task {task.name!r}: {err}") from None
+
+
+class MettaGridVecEnv:
+    """`num_envs` MettaGrid simulations stepped together; each of their agents is one row of the batch."""
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, curriculum: Curriculum, num_envs: int, seed: int = 0):
+        Simulator, Buffers = _import_mettagrid()
+        self.curriculum = curriculum
+        self.configs = [task_config(task) for task in curriculum.tasks]
+        game = self.configs[0].game
+        self.agents_per_sim = game.num_agents
+        for task, config in zip(curriculum.tasks, self.configs):
+            shape = (config.game.num_agents, config.game.obs.num_tokens, _num_actions(config))
+            if shape != (game.num_agents, game.obs.num_tokens, _num_actions(self.configs[0])):
+                raise UnsupportedEnvError(f"curriculum task {task.name} has (agents, tokens, actions) {shape}; every "
+                                          f"task needs those of {curriculum.tasks[0].name}")
+        self.num_simulations = num_envs
+        self.num_envs = num_envs * self.agents_per_sim  # the batch: one row per agent
+        # Tokens are bytes; the feature column's bound is the largest feature id (TokenPolicy sizes its table by it).
+        high = np.full((game.obs.num_tokens, 3), 255, np.uint8)
+        high[:, 1] = max(feature.id for feature in game.id_map().features())
+        self.single_observation_space = spaces.Box(np.zeros_like(high), high, dtype=np.uint8)
+        self.single_action_space = spaces.Discrete(_num_actions(self.configs[0]))
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+
+        # The arrays every simulation reads and writes in place, each through its slice of rows.
+        rows = self.num_envs
+        self.observations = np.zeros((rows, game.obs.num_tokens, 3), np.uint8)
+        self.terminals = np.zeros(rows, bool)
+        self.truncations = np.zeros(rows, bool)
+        self.rewards = np.zeros(rows, np.float32)
+        self.actions = np.zeros(rows, np.int32)
+        self.buffers = [Buffers(observations=self.observations[rows_], terminals=self.terminals[rows_],
+                                truncations=self.truncations[rows_], rewards=self.rewards[rows_],
+                                masks=np.ones(self.agents_per_sim, bool), actions=self.actions[rows_],
+                                teacher_actions=np.zeros(self.agents_per_sim, np.int32))
+                        for rows_ in map(self._rows, range(num_envs))]
+
+        self.simulators = [Simulator() for _ in range(num_envs)]  # a Simulator runs one simulation at a time
+        self.simulations: list[Any] = [None] * num_envs
+        self.task_index = np.zeros(num_envs, np.int64)
+        self.needs_reset = np.zeros(num_envs, bool)
+        self.task_names = np.array([task.name for task in curriculum.tasks], dtype=object)
+        self.rng = np.random.default_rng(seed)
+
+    def _rows(self, i: int) -> slice:
+        return slice(i * self.agents_per_sim, (i + 1) * self.agents_per_sim)
+
+    def _start_episode(self, i: int) -> None:
+        """A new simulation in slot i, on the curriculum's next task; it writes its first observation."""
+        if self.simulations[i] is not None:
+            self.simulations[i].close()
+        self.task_index[i] = self.curriculum.sample(self.rng)
+        seed = int(self.rng.integers(2**31 - 1))
+        config = self.configs[self.task_index[i]]
+        config.game.map_builder.seed = seed  # read when the simulation builds its map, right below
+        self.simulations[i] = self.simulators[i].new_simulation(config, seed, buffers=self.buffers[i])
+        rows = self._rows(i)
+        self.rewards[rows] = 0.0
+        self.terminals[rows] = False
+        self.truncations[rows] = False
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        for i in range(self.num_simulations):
+            self._start_episode(i)
+        self.needs_reset[:] = False
+        return self.observations, {}
+
+    def step(self, actions: np.ndarray):
+        """Actions `[num_envs]` -> (observations, rewards, terminated, truncated, infos), all arrays of
+        this env's own (overwritten by the next step)."""
+        self.actions[:] = np.asarray(actions).reshape(self.num_envs)
+        ended = []
+        for i, simulation in enumerate(self.simulations):
+            if self.needs_reset[i]:  # NEXT_STEP: this step starts the next episode, the actions are ignored
+                self._start_episode(i)
+                self.needs_reset[i] = False
+                continue
+            simulation.step()
+            if simulation.is_done():
+                self.needs_reset[i] = True
+                ended.append(i)
+        return self.observations, self.rewards, self.terminals, self.truncations, self._episode_infos(ended)
+
+    def _episode_infos(self, ended: list[int]) -> dict[str, Any]:
+        if not ended:
+            return {}
+        per_agent_task = np.repeat(self.task_names[self.task_index], self.agents_per_sim)
+        stats: dict[str, list[float]] = {}
+        for i in ended:
+            episode = self.simulations[i].episode_stats
+            values = {f"game/{key}": value for key, value in episode["game"].items()}
+            for key in set().union(*episode["agent"]):  # an agent's stats list only what happened to it
+                values[f"agent/{key}"] = float(np.mean([agent.get(key, 0.0) for agent in episode["agent"]]))
+            for key, value in values.items():
+                stats.setdefault(key, []).extend([float(value)] * self.agents_per_sim)  # one value per agent row
+        return {"task": per_agent_task, "episode_stats": stats}
+
+    def close(self) -> None:
+        for simulation in self.simulations:
+            if simulation is not None:
+                simulation.close()
+        self.simulations = [None] * self.num_simulations
+
+
+def _num_actions(config) -> int:
+    return len(config.game.actions.actions())
+
+
+def _import_mettagrid():
+    os.environ.setdefault("METTAGRID_LOG_LEVEL", "WARNING")  # importing it adds an INFO handler otherwise
+    try:
+        from mettagrid.simulator import Simulator
+        from mettagrid.simulator.simulator import Buffers
+    except ImportError as err:
+        raise UnsupportedEnvError(f"env.id='mettagrid/...' needs the mettagrid package ({err}). {INSTALL_HINT}") from None
+    return Simulator, Buffers
