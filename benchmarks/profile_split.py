@@ -7,6 +7,7 @@ is "other". Timers add about a microsecond per call.
 
     python benchmarks/profile_split.py                                  # reference CartPole settings
     python benchmarks/profile_split.py --trainer.total-timesteps 100000 --env.num-envs 16
+    python benchmarks/profile_split.py --preset mettagrid --trainer.total-timesteps 163840
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import tempfile
 import time
 from collections import defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import tyro  # noqa: E402
+# The repository root instead of benchmarks/, whose mettagrid.py would shadow the mettagrid package.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import train  # noqa: E402
 from cleanmetta import collector, envs, log, ppo  # noqa: E402
-from cleanmetta.config import TrainingConfig  # noqa: E402
 
 seconds: dict[str, float] = defaultdict(float)
 
@@ -42,7 +41,8 @@ def timed(owner, name: str, label: str) -> None:
 
 
 def main() -> None:
-    config = tyro.cli(TrainingConfig, default=TrainingConfig(experiment_name="profile"))
+    config = train.parse_config(sys.argv[1:])  # train.py's flags, --preset NAME included
+    config.experiment_name = "profile"
     config.log.run_root = tempfile.mkdtemp(prefix="cleanmetta_profile_")
     config.log.console_interval = 1e9
 
