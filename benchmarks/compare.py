@@ -170,7 +170,8 @@ def main() -> None:
             if lib != "cleanmetta":
                 ratios = [a["sps"] / b["sps"] for a, b in zip(results["cleanmetta"], results[lib])]
                 walls = [b["wall_s"] / a["wall_s"] for a, b in zip(results["cleanmetta"], results[lib])]
-                print(f"\ncleanmetta / {lib}: steps per second, median of per-seed ratios {statistics.median(ratios):.2f}x; "
+                print(f"\ncleanmetta / {lib}: steps per second, median of per-seed ratios "
+                      f"{statistics.median(ratios):.2f}x; "
                       f"wall time {statistics.median(walls):.2f}x shorter")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

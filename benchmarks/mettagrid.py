@@ -112,7 +112,8 @@ def main() -> None:
           "| reward per agent, trained | reward per agent, random |")
     print("|---|---|---|---|---|---|")
     for task, bare, loop, trained_reward, random_reward, _ in rows:
-        print(f"| {task} | {bare:,.0f} | {loop:,.0f} | {loop / bare:.2f} | {trained_reward:.2f} | {random_reward:.2f} |")
+        print(f"| {task} | {bare:,.0f} | {loop:,.0f} | {loop / bare:.2f} | {trained_reward:.2f} "
+              f"| {random_reward:.2f} |")
     print("\nTraining curve: mean reward per agent of the training episodes, per tenth of the run\n")
     print("| task | " + " | ".join(f"{10 * (i + 1)}%" for i in range(10)) + " |")
     print("|---|" + "---|" * 10)

@@ -109,7 +109,9 @@ class RolloutCollector:
         if value is None:  # the policy left the values to one batched pass over the rollout
             exp.values.copy_(self.policy.get_value(exp.obs.flatten(0, 1)).view_as(exp.values))
         exp.last_value.copy_(self.policy.get_value(self.next_obs))
-        rewards = self.rewards if self.reward_scaler is None else self.reward_scaler(self.rewards, self.dones, self.valid)
+        rewards = self.rewards
+        if self.reward_scaler is not None:
+            rewards = self.reward_scaler(self.rewards, self.dones, self.valid)
         for column, values in ((exp.rewards, rewards), (exp.terminals, self.terminals), (exp.dones, self.dones),
                                (exp.valid, self.valid)):
             column.copy_(torch.from_numpy(values), non_blocking=True)

@@ -124,17 +124,17 @@ class MettaGridVecEnv:
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
         # The arrays every simulation reads and writes in place, each through its slice of rows.
-        rows = self.num_envs
-        self.observations = np.zeros((rows, game.obs.num_tokens, 3), np.uint8)
-        self.terminals = np.zeros(rows, bool)
-        self.truncations = np.zeros(rows, bool)
-        self.rewards = np.zeros(rows, np.float32)
-        self.actions = np.zeros(rows, np.int32)
-        self.buffers = [Buffers(observations=self.observations[rows_], terminals=self.terminals[rows_],
-                                truncations=self.truncations[rows_], rewards=self.rewards[rows_],
-                                masks=np.ones(self.agents_per_sim, bool), actions=self.actions[rows_],
+        n = self.num_envs
+        self.observations = np.zeros((n, game.obs.num_tokens, 3), np.uint8)
+        self.terminals = np.zeros(n, bool)
+        self.truncations = np.zeros(n, bool)
+        self.rewards = np.zeros(n, np.float32)
+        self.actions = np.zeros(n, np.int32)
+        self.buffers = [Buffers(observations=self.observations[rows], terminals=self.terminals[rows],
+                                truncations=self.truncations[rows], rewards=self.rewards[rows],
+                                masks=np.ones(self.agents_per_sim, bool), actions=self.actions[rows],
                                 teacher_actions=np.zeros(self.agents_per_sim, np.int32))
-                        for rows_ in map(self._rows, range(num_envs))]
+                        for rows in map(self._rows, range(num_envs))]
 
         self.simulators = [Simulator() for _ in range(num_envs)]  # a Simulator runs one simulation at a time
         self.simulations: list[Any] = [None] * num_envs
@@ -185,18 +185,20 @@ class MettaGridVecEnv:
         return self.observations, self.rewards, self.terminals, self.truncations, self._episode_infos(ended)
 
     def _episode_infos(self, ended: list[int]) -> dict[str, Any]:
+        """For the simulations whose episode just ended: the task of every agent row, and per statistic
+        one value per simulation (agent statistics averaged over its agents; a statistic an episode
+        never recorded, e.g. hearts gained when none were, is absent from that episode)."""
         if not ended:
             return {}
-        per_agent_task = np.repeat(self.task_names[self.task_index], self.agents_per_sim)
         stats: dict[str, list[float]] = {}
         for i in ended:
             episode = self.simulations[i].episode_stats
             values = {f"game/{key}": value for key, value in episode["game"].items()}
             for key in set().union(*episode["agent"]):  # an agent's stats list only what happened to it
-                values[f"agent/{key}"] = float(np.mean([agent.get(key, 0.0) for agent in episode["agent"]]))
+                values[f"agent/{key}"] = np.mean([agent.get(key, 0.0) for agent in episode["agent"]])
             for key, value in values.items():
-                stats.setdefault(key, []).extend([float(value)] * self.agents_per_sim)  # one value per agent row
-        return {"task": per_agent_task, "episode_stats": stats}
+                stats.setdefault(key, []).append(float(value))
+        return {"task": np.repeat(self.task_names[self.task_index], self.agents_per_sim), "episode_stats": stats}
 
     def close(self) -> None:
         for simulation in self.simulations:
@@ -215,5 +217,6 @@ def _import_mettagrid():
         from mettagrid.simulator import Simulator
         from mettagrid.simulator.simulator import Buffers
     except ImportError as err:
-        raise UnsupportedEnvError(f"env.id='mettagrid/...' needs the mettagrid package ({err}). {INSTALL_HINT}") from None
+        raise UnsupportedEnvError(f"env.id='mettagrid/...' needs the mettagrid package ({err}). "
+                                  f"{INSTALL_HINT}") from None
     return Simulator, Buffers

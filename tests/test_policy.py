@@ -4,8 +4,8 @@ import torch
 from gymnasium import spaces
 from torch.distributions import Categorical, Normal
 
-from cleanmetta.config import AgentConfig
-from cleanmetta.policy import make_policy
+from cleanmetta.config import AgentConfig, ConfigError
+from cleanmetta.policy import CNNPolicy, MLPPolicy, TokenPolicy, make_policy
 
 BOX4 = spaces.Box(-1, 1, (4,), np.float32)
 
@@ -86,3 +86,13 @@ def test_simple_cnn_handles_grids_and_frames(shape):
 def test_simple_cnn_rejects_vector_observations():
     with pytest.raises(ValueError, match="simple_cnn needs .* use agent.name='mlp'"):
         make_policy(AgentConfig(name="simple_cnn"), BOX4, spaces.Discrete(2))
+
+
+def test_auto_picks_the_network_from_the_observation_space():
+    action = spaces.Discrete(3)
+    assert isinstance(make_policy(AgentConfig(), spaces.Box(-1, 1, (4,)), action), MLPPolicy)
+    assert isinstance(make_policy(AgentConfig(), spaces.Box(0, 255, (3, 8, 8), np.uint8), action), CNNPolicy)
+    assert isinstance(make_policy(AgentConfig(), spaces.Box(0, 255, (10, 3), np.uint8), action), TokenPolicy)
+    assert isinstance(make_policy(AgentConfig(name="mlp"), spaces.Box(0, 255, (10, 3), np.uint8), action), MLPPolicy)
+    with pytest.raises(ConfigError, match="normalize_obs is for the mlp"):
+        make_policy(AgentConfig(normalize_obs=True), spaces.Box(0, 255, (10, 3), np.uint8), action)
