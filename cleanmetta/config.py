@@ -90,6 +90,8 @@ class PPOConfig:
     """global gradient-norm clip."""
     normalize_reward: bool = False
     """divide rewards by the running std of the discounted return, clipped to +-10 (continuous control)."""
+    compile: bool = False
+    """torch.compile the minibatch loss: ~20 s to compile, then ~30% faster CPU minibatches (pays past ~0.5M steps)."""
     target_kl: float | None = None
     """stop an update's epochs early once approx_kl exceeds this (None: never)."""
     custom_losses: list[str] = field(default_factory=list)
