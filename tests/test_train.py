@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,14 +8,14 @@ import pytest
 import torch
 
 import train
-from cleanmetta.config import TrainingConfig, small_fast_config
+from cleanmetta.config import TrainingConfig, continuous_config, mettagrid_config, small_fast_config
 from cleanmetta.trainer import learning_rate_at, resolve_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def quick_config(run_root, steps=2048, seed=1, **log) -> TrainingConfig:
-    config = small_fast_config()
+def quick_config(run_root, steps=2048, seed=1, preset=small_fast_config, **log) -> TrainingConfig:
+    config = preset()
     config.trainer.total_timesteps = steps
     config.seed = seed
     config.experiment_name = f"test_seed{seed}"
@@ -25,13 +26,19 @@ def quick_config(run_root, steps=2048, seed=1, **log) -> TrainingConfig:
     return config
 
 
-def test_same_seed_gives_identical_parameters(tmp_run_root):
-    a = train.main(quick_config(tmp_run_root + "/a", tensorboard=False))["policy"]
-    b = train.main(quick_config(tmp_run_root + "/b", tensorboard=False))["policy"]
-    c = train.main(quick_config(tmp_run_root + "/c", seed=2, tensorboard=False))["policy"]
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        assert torch.equal(pa, pb), name
-    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+@pytest.mark.parametrize("preset, steps", [
+    (small_fast_config, 2048),
+    (continuous_config, 4096),  # normalisation statistics included
+    pytest.param(mettagrid_config, 16384, marks=pytest.mark.skipif(
+        importlib.util.find_spec("mettagrid") is None, reason='needs pip install -e ".[mettagrid]"')),
+])
+def test_same_seed_gives_identical_parameters(tmp_run_root, preset, steps):
+    runs = [train.main(quick_config(f"{tmp_run_root}/{i}", steps, seed, preset, tensorboard=False))["policy"]
+            for i, seed in enumerate((1, 1, 2))]
+    a, b, c = (run.state_dict() for run in runs)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert any(not torch.equal(a[name], c[name]) for name in a)
 
 
 def test_short_cartpole_run_beats_a_random_policy(tmp_run_root):
