@@ -12,6 +12,9 @@ A curriculum chooses the task of every new episode: `SingleTaskCurriculum` alway
 (`"CartPole-v1"`, `"CartPole-v1:max_episode_steps=200"`) and must share their spaces. With more
 than one task each sub-env is a `CurriculumEnv`, which reports its task in `info["task"]`.
 
+`mettagrid/<task>` ids (the optional MettaGrid extra) build cleanmetta.mettagrid_env's vector env,
+which follows the same contract with one batch row per agent.
+
 This module owns env construction, curricula and space checks; stepping is the collector's job.
 """
 

@@ -5,10 +5,13 @@ Every policy is a `Policy`: `forward(obs)` returns the action-distribution param
 `(action, logprob, entropy, value)`; `get_value(obs)` returns the value alone. Actions are always
 `[B, action_dim]`: one column for Discrete, one per sub-action for MultiDiscrete, the vector for Box.
 
-Two networks, chosen by `AgentConfig.name` through the `POLICIES` table:
-- "mlp": separate actor and critic MLPs with tanh (CleanRL's sizes by default).
+Three networks, chosen by `AgentConfig.name` through the `POLICIES` table ("auto", the default,
+picks one from the observation space, see `network_for`):
+- "mlp": separate actor and critic MLPs with tanh (CleanRL's sizes by default), optionally on
+  normalised observations.
 - "simple_cnn": a convolutional trunk shared by the actor and critic heads, for image or grid
   observations.
+- "token": MettaGrid's token observations, encoded without drawing a grid.
 
 The action distributions are written out by hand rather than with torch.distributions: at a batch
 of a few environments the distribution objects cost more than the network itself.
@@ -249,6 +252,9 @@ class CNNPolicy(Policy):
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
 
+EMPTY_TOKEN = 0xFF  # the location byte of an unused token slot
+
+
 class TokenPolicy(Policy):
     """Actor-critic over token observations `[num_tokens, 3]` of bytes (location, feature id, value), as
     MettaGrid emits them; location 0xFF marks an empty token.
@@ -279,7 +285,7 @@ class TokenPolicy(Policy):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         filled = obs[..., 0] != EMPTY_TOKEN  # [B, num_tokens]
         # Skip the token columns that no agent of the batch filled (MettaGrid pads a window of a few
-        # dozen tokens to num_tokens): -35% update time on the hearts task.
+        # dozen tokens to num_tokens): -34% update time on the hearts task.
         used = filled.any(0).nonzero()
         width = int(used[-1]) + 1 if len(used) else 1
         loc, feature, value = obs[:, :width].long().unbind(-1)  # each [B, width]
@@ -289,8 +295,6 @@ class TokenPolicy(Policy):
         hidden = torch.tanh(F.embedding_bag(rows, self.table, per_sample_weights=weights, mode="sum"))
         return self.actor.forward(hidden), self.critic.forward(hidden).squeeze(-1)
 
-
-EMPTY_TOKEN = 0xFF
 
 POLICIES: dict[str, type[Policy]] = {"mlp": MLPPolicy, "simple_cnn": CNNPolicy, "token": TokenPolicy}
 
