@@ -76,12 +76,13 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
         return
     states = [optimizer.state[p] for p in params]
     beta1, beta2 = group["betas"]
+    adamw = {"decoupled_weight_decay": True} if group.get("decoupled_weight_decay") else {}  # torch >= 2.6 only
     functional_adam(
         params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
         [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], [s["step"] for s in states],
-        fused=True, capturable=group["capturable"], differentiable=group["differentiable"],
-        decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2,
-        lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+        fused=True, capturable=group["capturable"], differentiable=group["differentiable"], amsgrad=group["amsgrad"],
+        beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+        maximize=group["maximize"], **adamw)
 
 
 class PPOOptimizer:

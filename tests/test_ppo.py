@@ -211,15 +211,16 @@ def test_clip_grad_norm_matches_torch():
     assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in a])) == pytest.approx(0.5, rel=1e-4)
 
 
-@pytest.mark.parametrize("amsgrad, weight_decay", [(False, 0.0), (True, 0.01)])
-def test_optimizer_step_matches_adam_step(amsgrad, weight_decay):
+@pytest.mark.parametrize("amsgrad, weight_decay, decoupled", [(False, 0.0, False), (True, 0.01, False),
+                                                              (False, 0.01, True)])
+def test_optimizer_step_matches_adam_step(amsgrad, weight_decay, decoupled):
     """The fast path in optimizer_step must be exactly Adam.step(), from the first step on."""
     torch.manual_seed(0)
     space_obs, space_act = spaces.Box(-1, 1, (4,)), spaces.Discrete(2)
     policies = [MLPPolicy(space_obs, space_act) for _ in range(2)]
     policies[1].load_state_dict(policies[0].state_dict())
     optimizers = [torch.optim.Adam(p.parameters(), lr=1e-2, eps=1e-5, fused=True, amsgrad=amsgrad,
-                                   weight_decay=weight_decay) for p in policies]
+                                   weight_decay=weight_decay, decoupled_weight_decay=decoupled) for p in policies]
     step = [lambda opt: opt.step(), optimizer_step]
     for _ in range(4):
         obs = torch.randn(8, 4)
