@@ -43,7 +43,7 @@ class AgentConfig:
     name: str = "auto"
     """network: 'mlp' (vectors), 'simple_cnn' (images, grids), 'token' (MettaGrid tokens) or 'auto' (by obs shape)."""
     hidden_size: int = 64
-    """width of the hidden layers (mlp) or of the dense layer after the convolutions (simple_cnn)."""
+    """width of the hidden layers (mlp, token) or of the dense layer after the convolutions (simple_cnn)."""
     normalize_obs: bool = False
     """mlp: standardise observations by their running mean and std, clipped to +-10 (saved with the policy)."""
 

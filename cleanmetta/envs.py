@@ -190,13 +190,14 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
     """
     curriculum = curriculum or SingleTaskCurriculum(env_config.id)
     task = curriculum.tasks[0]
-    if any(t.env_id.startswith("mettagrid/") for t in curriculum.tasks):  # the optional MettaGrid extra
-        from cleanmetta.mettagrid_env import MettaGridVecEnv
+    from cleanmetta import mettagrid_env  # cheap: the mettagrid package loads only when a simulation is built
 
-        if not all(t.env_id.startswith("mettagrid/") for t in curriculum.tasks):
+    is_mettagrid = [mettagrid_env.is_mettagrid(t.env_id) for t in curriculum.tasks]
+    if any(is_mettagrid):  # the optional MettaGrid extra
+        if not all(is_mettagrid):
             raise ConfigError(f"curriculum tasks {[t.name for t in curriculum.tasks]} mix MettaGrid and gymnasium "
                               "environments; their observations differ, so train on one kind at a time")
-        vecenv = MettaGridVecEnv(curriculum, env_config.num_envs, seed)
+        vecenv = mettagrid_env.MettaGridVecEnv(curriculum, env_config.num_envs, seed)
         vecenv.reset(seed=seed)
         return vecenv
     try:

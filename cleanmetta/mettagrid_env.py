@@ -108,11 +108,11 @@ class MettaGridVecEnv:
         self.configs = [task_config(task) for task in curriculum.tasks]
         game = self.configs[0].game
         self.agents_per_sim = game.num_agents
-        for task, config in zip(curriculum.tasks, self.configs):
-            shape = (config.game.num_agents, config.game.obs.num_tokens, _num_actions(config))
-            if shape != (game.num_agents, game.obs.num_tokens, _num_actions(self.configs[0])):
+        shapes = [(c.game.num_agents, c.game.obs.num_tokens, _num_actions(c)) for c in self.configs]
+        for task, shape in zip(curriculum.tasks, shapes):
+            if shape != shapes[0]:
                 raise UnsupportedEnvError(f"curriculum task {task.name} has (agents, tokens, actions) {shape}; every "
-                                          f"task needs those of {curriculum.tasks[0].name}")
+                                          f"task needs those of {curriculum.tasks[0].name}: {shapes[0]}")
         self.num_simulations = num_envs
         self.num_envs = num_envs * self.agents_per_sim  # the batch: one row per agent
         # Tokens are bytes; the feature column's bound is the largest feature id (TokenPolicy sizes its table by it).
