@@ -5,7 +5,8 @@ A run directory holds:
 - TensorBoard event files under CleanRL's tags (charts/episodic_return, charts/SPS,
   losses/value_loss, ...; one losses/<name> per custom loss);
 - `episodes.csv`: agent_steps, seconds since training started, return and length of every
-  finished episode;
+  finished episode (a resumed run first cuts it back to its checkpoint's step, as TensorBoard's
+  purge_step does for the event files, and restores the console's last-20 window from it);
 - `summary.json` when the run ends: agent steps, seconds, steps per second, mean return of the
   last 20 episodes.
 
@@ -43,6 +44,27 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def cut_episodes_back(path: str, agent_steps: int, window: int = 20) -> list[float]:
+    """Truncate an episodes.csv after its last whole row logged at or before `agent_steps`; return the
+    returns of the last `window` rows kept. A run killed after its last checkpoint logged episodes
+    (and maybe half a row) that its resumed run will play again."""
+    returns: deque[float] = deque(maxlen=window)
+    with open(path, "rb+") as f:
+        f.readline()  # the header
+        keep = f.tell()
+        for line in iter(f.readline, b""):
+            fields = line.split(b",")
+            try:
+                if not line.endswith(b"\n") or len(fields) != 4 or int(fields[0]) > agent_steps:
+                    break
+                returns.append(float(fields[2]))
+            except ValueError:  # a row cut short by the kill
+                break
+            keep = f.tell()
+        f.truncate(keep)
+    return list(returns)
+
+
 class StatsLogger:
     def __init__(self, run_dir: str, config: Any = None, total_timesteps: int | None = None,
                  tensorboard: bool = True, console_interval: float = 5.0, start_step: int = 0,
@@ -54,19 +76,22 @@ class StatsLogger:
                 json.dump(dataclasses.asdict(config), f, indent=2)
         self.writer = None
         if tensorboard:
+            # imported only when on: TensorBoard's writer costs ~16 MB and a second of start-up
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: after a resume, drop events a killed run wrote past its last checkpoint
             self.writer = SummaryWriter(run_dir, purge_step=start_step or None)
         self.wandb_run = wandb_run  # optional: a wandb run (wandb.init()) that receives the same scalars
+        self.recent_returns: deque[float] = deque(maxlen=20)
         episodes_path = os.path.join(run_dir, "episodes.csv")
         is_new = not os.path.exists(episodes_path)
+        if start_step and not is_new:
+            self.recent_returns.extend(cut_episodes_back(episodes_path, start_step))
         self.episodes_file = open(episodes_path, "a")
         if is_new:
             self.episodes_file.write("agent_steps,seconds,return,length\n")
         self.total_timesteps = total_timesteps
         self.console_interval = console_interval
-        self.recent_returns: deque[float] = deque(maxlen=20)
         self.start_time = time.perf_counter()
         self.start_step = start_step
         self.last_print = -math.inf
@@ -129,7 +154,8 @@ class StatsLogger:
             head = f"step {agent_steps:,}"
         losses = " ".join(f"{key} {update_stats[key]:.3g}" for key in ("policy_loss", "value_loss", "entropy")
                           if key in update_stats)
-        return f"{head} | {sps:,.0f} SPS | return {self.mean_recent_return:.1f} (last 20) | {losses}"
+        recent = f"{self.mean_recent_return:.1f}" if self.recent_returns else "-"  # no episode has ended yet
+        return f"{head} | {sps:,.0f} SPS | return {recent} (last 20) | {losses}"
 
     def summary(self) -> dict[str, float]:
         return {"agent_steps": self.agent_steps, "seconds": self.elapsed,

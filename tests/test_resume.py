@@ -129,3 +129,6 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(tmp_run_root):
     store = PolicyStore(run_dir)
     before, after = store.get(killed_at).policy, store.get(killed_at + 6).policy
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))  # it kept learning
+    with open(os.path.join(run_dir, "episodes.csv")) as f:  # episodes logged after the checkpoint were cut
+        steps = [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
+    assert steps == sorted(steps) and steps[-1] > 512 * killed_at
