@@ -23,13 +23,15 @@ import tyro
 from cleanmetta.checkpoint import CheckpointError, PolicyStore, TrainingCheckpointer
 from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import PRESETS, ConfigError, TrainingConfig
-from cleanmetta.envs import UnsupportedEnvError, make_curriculum, make_vecenv
+from cleanmetta.curriculum import make_curriculum
+from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config
 from cleanmetta.experience import Experience
 from cleanmetta.log import StatsLogger
 from cleanmetta.losses import make_custom_losses
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
+from cleanmetta.spaces import UnsupportedEnvError
 from cleanmetta.trainer import (StopOnSignal, evaluate_and_log, learning_rate_at, make_optimizer, make_reward_scaler,
                                 num_epochs_for, resolve_device, restore_checkpoint, run_dir_for, save_checkpoint,
                                 seed_everything)

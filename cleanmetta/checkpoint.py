@@ -25,9 +25,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from gymnasium import spaces
 
 from cleanmetta.config import AgentConfig
+from cleanmetta.policy import make_policy
+from cleanmetta.spaces import space_from_dict, spaces_match
 
 FORMAT = "cleanmetta-checkpoint/1"
 
@@ -76,33 +77,6 @@ def load_checkpoint(path: str, kind: str) -> dict[str, Any]:
     return data
 
 
-# ---- spaces as plain data -----------------------------------------------------------------------
-
-def space_to_dict(space: spaces.Space) -> dict[str, Any]:
-    if isinstance(space, spaces.Box):
-        return {"type": "Box", "low": torch.as_tensor(space.low), "high": torch.as_tensor(space.high),
-                "dtype": str(space.dtype)}
-    if isinstance(space, spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n)}
-    if isinstance(space, spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": [int(n) for n in space.nvec]}
-    raise CheckpointError(f"cannot store space {space}")
-
-
-def space_from_dict(data: dict[str, Any]) -> spaces.Space:
-    if data["type"] == "Box":
-        return spaces.Box(data["low"].numpy(), data["high"].numpy(), dtype=np.dtype(data["dtype"]))
-    if data["type"] == "Discrete":
-        return spaces.Discrete(data["n"])
-    return spaces.MultiDiscrete(data["nvec"])
-
-
-def spaces_match(a: spaces.Space, b: spaces.Space) -> bool:
-    if isinstance(a, spaces.Box) and isinstance(b, spaces.Box):
-        return a.shape == b.shape and a.dtype == b.dtype
-    return a == b
-
-
 # ---- policies -----------------------------------------------------------------------------------
 
 @dataclass
@@ -130,8 +104,6 @@ class PolicyRecord:
 
 def load_policy_file(path: str, device: torch.device | str = "cpu"):
     """Rebuild a policy from its saved spec and weights."""
-    from cleanmetta.policy import make_policy
-
     data = load_checkpoint(path, "policy")
     spec = data["spec"]
     policy = make_policy(AgentConfig(**spec["agent"]), space_from_dict(spec["observation_space"]),

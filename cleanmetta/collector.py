@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from cleanmetta.envs import check_autoreset, check_spaces
+from cleanmetta.envs import check_autoreset
 from cleanmetta.experience import Experience
 from cleanmetta.normalize import RewardScaler
+from cleanmetta.spaces import check_spaces
 
 
 class RolloutCollector:

@@ -6,7 +6,10 @@ reference PPO settings for CartPole-v1 (Huang et al. 2022 / CleanRL's ppo.py), s
 compares one to one with published PPO baselines.
 
 This module owns the values and their consistency checks (`TrainingConfig.validate`); it does not
-build anything from them.
+build anything from them, and it imports nothing from the rest of cleanmetta: every other module
+builds on it. Where a value names something another module defines (a network, a custom loss),
+its type lists the names (a `Literal`, so `--help` shows the choices) and a test keeps each list
+equal to the table in that module (policy.POLICIES, losses.CUSTOM_LOSSES).
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+import yaml
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names each bad field, its value and the fix."""
+
+
+NetworkName = Literal["auto", "mlp", "simple_cnn", "token"]
+"""policy.POLICIES' networks, and 'auto' (chosen from the observation space)."""
+CustomLossName = Literal["curiosity", "diversity"]
+"""losses.CUSTOM_LOSSES' losses."""
 
 
 @dataclass
@@ -40,7 +51,7 @@ class EnvConfig:
 class AgentConfig:
     """The policy network."""
 
-    name: str = "auto"
+    name: NetworkName = "auto"
     """network: 'mlp' (vectors), 'simple_cnn' (images, grids), 'token' (MettaGrid tokens) or 'auto' (by obs shape)."""
     hidden_size: int = 64
     """width of the hidden layers (mlp, token) or of the dense layer after the convolutions (simple_cnn)."""
@@ -94,8 +105,8 @@ class PPOConfig:
     """torch.compile the minibatch loss: ~20 s to compile, then ~30% faster CPU minibatches (pays past ~0.5M steps)."""
     target_kl: float | None = None
     """stop an update's epochs early once approx_kl exceeds this (None: never)."""
-    custom_losses: list[str] = field(default_factory=list)
-    """extra losses added to every minibatch, by name from cleanmetta/losses.py: curiosity, diversity."""
+    custom_losses: list[CustomLossName] = field(default_factory=list)
+    """extra losses added to every minibatch, by name (the table in cleanmetta/losses.py)."""
     curiosity_coef: float = 0.01
     """weight of the 'curiosity' loss (surprise-weighted entropy bonus)."""
     diversity_coef: float = 0.01
@@ -189,8 +200,6 @@ class TrainingConfig:
     @classmethod
     def from_yaml(cls, path: str) -> TrainingConfig:
         """Read a YAML (or JSON) file, e.g. a run directory's config.json."""
-        import yaml
-
         with open(path) as f:
             data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
         if data is None:
@@ -207,8 +216,6 @@ class TrainingConfig:
 
     def validate(self) -> TrainingConfig:
         """Raise ConfigError listing every inconsistent value; return self when all are valid."""
-        from cleanmetta.policy import POLICIES
-
         errors: list[str] = []
 
         def check(ok: bool, name: str, value: object, problem: str) -> None:
@@ -237,8 +244,9 @@ class TrainingConfig:
         check(env.vectorization in ("auto", "native", "sync", "async"), "env.vectorization",
               env.vectorization, "must be one of 'auto', 'native', 'sync', 'async'")
 
-        check(self.agent.name in POLICIES or self.agent.name == "auto", "agent.name", self.agent.name,
-              f"is not a known network; choose one of {sorted(POLICIES)} or 'auto'")
+        networks = sorted(set(typing.get_args(NetworkName)) - {"auto"})
+        check(self.agent.name in typing.get_args(NetworkName), "agent.name", self.agent.name,
+              f"is not a known network; choose one of {networks} or 'auto'")
         check(self.agent.hidden_size >= 1, "agent.hidden_size", self.agent.hidden_size, "must be >= 1")
         check(not self.agent.normalize_obs or self.agent.name in ("mlp", "auto"), "agent.normalize_obs", True,
               f"is for agent.name='mlp' (vector observations), not {self.agent.name!r}; drop the flag")
@@ -266,11 +274,9 @@ class TrainingConfig:
         if ppo.target_kl is not None:
             positive("ppo.target_kl", ppo.target_kl)
 
-        from cleanmetta.losses import CUSTOM_LOSSES
-
         for name in ppo.custom_losses:
-            check(name in CUSTOM_LOSSES, "ppo.custom_losses", ppo.custom_losses,
-                  f"names unknown loss {name!r}; choose from {sorted(CUSTOM_LOSSES)}")
+            check(name in typing.get_args(CustomLossName), "ppo.custom_losses", ppo.custom_losses,
+                  f"names unknown loss {name!r}; choose from {sorted(typing.get_args(CustomLossName))}")
         check(len(set(ppo.custom_losses)) == len(ppo.custom_losses), "ppo.custom_losses", ppo.custom_losses,
               "lists a loss twice")
         non_negative("ppo.curiosity_coef", ppo.curiosity_coef)
@@ -279,10 +285,12 @@ class TrainingConfig:
         check(self.checkpoint.interval >= 0, "checkpoint.interval", self.checkpoint.interval, "must be >= 0")
         check(self.evaluation.interval >= 0, "evaluation.interval", self.evaluation.interval, "must be >= 0")
         check(self.evaluation.episodes >= 1, "evaluation.episodes", self.evaluation.episodes, "must be >= 1")
-        try:  # the curriculum's own constructor holds its rules (task syntax, one weight per task, ...)
-            from cleanmetta.envs import make_curriculum
-
-            make_curriculum(env, self.curriculum)
+        tasks = self.curriculum.tasks or [env.id]
+        try:  # the rules curriculum.py applies when it builds the curriculum (make_curriculum)
+            for task in tasks:
+                parse_task(task)
+            if len(tasks) > 1:
+                task_probabilities(self.curriculum.weights, len(tasks))
         except ConfigError as err:
             errors.append(str(err))
 
@@ -333,8 +341,11 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _coerce(value: Any, kind: Any, name: str) -> Any:
-    """Check `value` against a field type (int, float, str, bool, X | None, list[X]); ints pass as floats."""
+    """Check `value` against a field type (int, float, str, bool, Literal, X | None, list[X]); ints pass as
+    floats. A Literal is checked for its type here and for its choices by validate(), like every value."""
     args = typing.get_args(kind)
+    if typing.get_origin(kind) is Literal:
+        kind = type(args[0])
     if typing.get_origin(kind) is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}={value!r} must be a list")
@@ -351,6 +362,31 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{name}={value!r} must be of type {kind.__name__}")
     return value
+
+
+def parse_task(spec: str) -> tuple[str, dict[str, Any]]:
+    """A task string 'ID' or 'ID:key=value,key=value' as (ID, kwargs); values are read as JSON when
+    they parse, else kept as strings."""
+    env_id, _, args = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, args.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"curriculum task {spec!r}: {item!r} is not key=value")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except ValueError:
+            kwargs[key.strip()] = value
+    return env_id.strip(), kwargs
+
+
+def task_probabilities(weights: list[float] | None, num_tasks: int) -> list[float]:
+    """Each task's sampling probability, weights[i] / sum(weights); no weights: uniform."""
+    weights = [1.0] * num_tasks if weights is None or len(weights) == 0 else [float(w) for w in weights]
+    if len(weights) != num_tasks or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"curriculum.weights={weights} must give one finite weight >= 0 per task "
+                          f"({num_tasks} tasks), not all zero")
+    return [w / sum(weights) for w in weights]
 
 
 def _nearest_divisors(n: int, target: int) -> str:

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cleanmetta.checkpoint import CheckpointError, PolicyStore
 from cleanmetta.config import ConfigError, EnvConfig, TrainingConfig
-from cleanmetta.envs import Task, make_vecenv, SingleTaskCurriculum
+from cleanmetta.curriculum import SingleTaskCurriculum, Task
+from cleanmetta.envs import make_vecenv
 
 
 @dataclass
@@ -99,8 +101,6 @@ def format_table(results: dict[str, SimulationResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cleanmetta.checkpoint import CheckpointError, PolicyStore
-
     parser = argparse.ArgumentParser(prog="python -m cleanmetta.evaluate", description="Evaluate a run's policy.")
     parser.add_argument("run_dir", help="run directory, e.g. runs/NAME")
     parser.add_argument("--policy", default="latest", help="'latest', an epoch number, 'best:<score>' or a file")

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from cleanmetta.config import ConfigError
 from cleanmetta.policy import CategoricalHead, entropy_of
 
 CustomLoss = Callable[..., torch.Tensor]
@@ -58,5 +59,9 @@ CUSTOM_LOSSES: dict[str, Callable[[float], CustomLoss]] = {
 
 def make_custom_losses(ppo_config) -> list[CustomLoss]:
     """The losses named in ppo_config.custom_losses, each with its coefficient from the config."""
+    for name in ppo_config.custom_losses:
+        if name not in CUSTOM_LOSSES:
+            raise ConfigError(f"ppo.custom_losses={ppo_config.custom_losses} names unknown loss {name!r}; "
+                              f"choose from {sorted(CUSTOM_LOSSES)}")
     coefs = {"curiosity": ppo_config.curiosity_coef, "diversity": ppo_config.diversity_coef}
     return [CUSTOM_LOSSES[name](coefs[name]) for name in ppo_config.custom_losses]

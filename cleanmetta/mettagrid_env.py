@@ -36,7 +36,8 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from cleanmetta.config import ConfigError
-from cleanmetta.envs import Curriculum, Task, UnsupportedEnvError
+from cleanmetta.curriculum import Curriculum, Task
+from cleanmetta.spaces import UnsupportedEnvError
 
 PREFIX = "mettagrid/"
 INSTALL_HINT = 'MettaGrid is an optional extra: pip install -e ".[mettagrid]"'
@@ -56,6 +57,7 @@ def hearts_task(num_agents: int = 4, width: int = 15, height: int = 15, altars: 
     are noop and four moves (vibes off). Each agent sees a `view` x `view` window as `num_tokens`
     tokens. Time limits end episodes as truncations.
     """
+    # mettagrid is the optional extra: imported when a MettaGrid task is built, never by `import cleanmetta`
     from mettagrid.config.action_config import ActionsConfig, ChangeVibeActionConfig
     from mettagrid.config.game_value import InventoryValue
     from mettagrid.config.handler_config import Handler
@@ -213,7 +215,7 @@ def _num_actions(config) -> int:
 
 def _import_mettagrid():
     os.environ.setdefault("METTAGRID_LOG_LEVEL", "WARNING")  # importing it adds an INFO handler otherwise
-    try:
+    try:  # the optional extra: a clear error with the install command when it is missing
         from mettagrid.simulator import Simulator
         from mettagrid.simulator.simulator import Buffers
     except ImportError as err:

@@ -31,8 +31,8 @@ from gymnasium import spaces
 from torch import nn
 
 from cleanmetta.config import AgentConfig, ConfigError
-from cleanmetta.envs import check_spaces
 from cleanmetta.normalize import ObservationNorm
+from cleanmetta.spaces import check_spaces, space_to_dict
 
 
 def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
@@ -312,8 +312,6 @@ def network_for(agent_config: AgentConfig, observation_space: spaces.Space) -> s
 
 def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
     """Build the network named by `agent_config.name` for one agent's observation and action spaces."""
-    from cleanmetta.checkpoint import space_to_dict
-
     check_spaces(observation_space, action_space)
     name = network_for(agent_config, observation_space)
     if name not in POLICIES:

@@ -26,7 +26,8 @@ import torch
 from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer, set_rng_state
 from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import ConfigError, PPOConfig, TrainerConfig, TrainingConfig
-from cleanmetta.envs import Curriculum, make_vecenv
+from cleanmetta.curriculum import Curriculum
+from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config
 from cleanmetta.experience import Experience
 from cleanmetta.log import StatsLogger

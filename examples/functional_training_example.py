@@ -12,7 +12,8 @@ import tempfile
 
 from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import small_fast_config
-from cleanmetta.envs import make_curriculum, make_vecenv
+from cleanmetta.curriculum import make_curriculum
+from cleanmetta.envs import make_vecenv
 from cleanmetta.losses import make_curiosity_loss, make_diversity_loss
 from cleanmetta.policy import make_policy
 from cleanmetta.trainer import default_training_step, functional_training_loop, seed_everything

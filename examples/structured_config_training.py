@@ -8,7 +8,8 @@ import tempfile
 
 from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import AgentConfig, TrainerConfig, TrainingConfig, small_fast_config
-from cleanmetta.envs import make_curriculum, make_vecenv
+from cleanmetta.curriculum import make_curriculum
+from cleanmetta.envs import make_vecenv
 from cleanmetta.policy import make_policy
 from cleanmetta.trainer import functional_training_loop, seed_everything
 

@@ -7,9 +7,10 @@ from gymnasium.vector import AutoresetMode
 
 from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import AgentConfig, EnvConfig
-from cleanmetta.envs import UnsupportedEnvError, make_vecenv
+from cleanmetta.envs import make_vecenv
 from cleanmetta.experience import Experience
 from cleanmetta.policy import CategoricalHead, Policy, make_policy
+from cleanmetta.spaces import UnsupportedEnvError
 
 
 class ValueIsStepPolicy(Policy):

@@ -40,6 +40,17 @@ def test_wrong_types_are_errors_naming_the_field():
     assert TrainingConfig.from_dict({"ppo": {"gamma": 1}}).ppo.gamma == 1.0
 
 
+def test_names_from_a_fixed_list_are_typed_on_read_and_their_choices_checked_by_validate():
+    with pytest.raises(ConfigError, match="agent.name=3 must be of type str"):
+        TrainingConfig.from_dict({"agent": {"name": 3}})
+    with pytest.raises(ConfigError, match="ppo.custom_losses=7 must be of type str"):
+        TrainingConfig.from_dict({"ppo": {"custom_losses": [7]}})
+    config = TrainingConfig.from_dict({"agent": {"name": "transformer"}, "ppo": {"custom_losses": ["diversity"]}})
+    assert config.ppo.custom_losses == ["diversity"]
+    with pytest.raises(ConfigError, match="agent.name='transformer' is not a known network"):
+        config.validate()
+
+
 def test_from_yaml_reads_yaml_and_run_directory_json(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("experiment_name: yaml_run\nenv:\n  id: Acrobot-v1\ntrainer:\n  learning_rate: 1e-3\n"

@@ -4,11 +4,12 @@ import torch
 
 from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import AgentConfig, ConfigError, CurriculumConfig, EnvConfig
-from cleanmetta.envs import (CurriculumEnv, RandomCurriculum, SingleTaskCurriculum, Task, UnsupportedEnvError,
-                             make_curriculum, make_vecenv)
+from cleanmetta.curriculum import RandomCurriculum, SingleTaskCurriculum, Task, make_curriculum
+from cleanmetta.envs import CurriculumEnv, make_vecenv
 from cleanmetta.experience import Experience
 from cleanmetta.log import StatsLogger
 from cleanmetta.policy import make_policy
+from cleanmetta.spaces import UnsupportedEnvError
 
 
 def test_task_specs_parse_ids_and_kwargs():

@@ -1,9 +1,11 @@
+import typing
+
 import pytest
 import torch
 import tyro
 from gymnasium import spaces
 
-from cleanmetta.config import AgentConfig, ConfigError, PPOConfig, TrainingConfig
+from cleanmetta.config import AgentConfig, ConfigError, CustomLossName, PPOConfig, TrainingConfig
 from cleanmetta.experience import Experience
 from cleanmetta.losses import CUSTOM_LOSSES, make_custom_losses
 from cleanmetta.policy import make_policy
@@ -78,6 +80,14 @@ def test_unknown_custom_loss_names_are_rejected():
     config = TrainingConfig(ppo=PPOConfig(custom_losses=["curiosty"]))
     with pytest.raises(ConfigError, match="names unknown loss 'curiosty'; choose from \\['curiosity', 'diversity'\\]"):
         config.validate()
+    with pytest.raises(ConfigError, match="names unknown loss 'curiosty'; choose from \\['curiosity', 'diversity'\\]"):
+        make_custom_losses(config.ppo)  # the table's own check, for callers that skip validate()
+    with pytest.raises(SystemExit):
+        tyro.cli(TrainingConfig, args=["--ppo.custom-losses", "curiosty"])
+
+
+def test_the_config_lists_exactly_the_losses_of_the_table():
+    assert set(typing.get_args(CustomLossName)) == set(CUSTOM_LOSSES)
 
 
 def test_custom_losses_are_logged_under_their_names():

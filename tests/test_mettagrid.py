@@ -15,9 +15,11 @@ from gymnasium import spaces
 
 import train
 from cleanmetta.config import ConfigError, EnvConfig, mettagrid_config
-from cleanmetta.envs import RandomCurriculum, UnsupportedEnvError, make_vecenv
+from cleanmetta.curriculum import RandomCurriculum
+from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, Simulation
 from cleanmetta.policy import TokenPolicy
+from cleanmetta.spaces import UnsupportedEnvError
 
 needs_mettagrid = pytest.mark.skipif(importlib.util.find_spec("mettagrid") is None,
                                      reason='MettaGrid is an optional extra: pip install -e ".[mettagrid]"')

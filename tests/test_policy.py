@@ -1,11 +1,14 @@
+import typing
+
 import numpy as np
 import pytest
 import torch
+import tyro
 from gymnasium import spaces
 from torch.distributions import Categorical, Normal
 
-from cleanmetta.config import AgentConfig, ConfigError
-from cleanmetta.policy import CNNPolicy, MLPPolicy, TokenPolicy, make_policy
+from cleanmetta.config import AgentConfig, ConfigError, NetworkName, TrainingConfig
+from cleanmetta.policy import POLICIES, CNNPolicy, MLPPolicy, TokenPolicy, make_policy
 
 BOX4 = spaces.Box(-1, 1, (4,), np.float32)
 
@@ -86,6 +89,20 @@ def test_simple_cnn_handles_grids_and_frames(shape):
 def test_simple_cnn_rejects_vector_observations():
     with pytest.raises(ValueError, match="simple_cnn needs .* use agent.name='mlp'"):
         make_policy(AgentConfig(name="simple_cnn"), BOX4, spaces.Discrete(2))
+
+
+def test_the_config_lists_exactly_the_networks_of_the_table():
+    assert set(typing.get_args(NetworkName)) == {"auto", *POLICIES}
+
+
+def test_unknown_network_names_are_rejected_by_the_cli_the_config_and_make_policy():
+    with pytest.raises(SystemExit):
+        tyro.cli(TrainingConfig, args=["--agent.name", "transformer"])
+    message = "agent.name='transformer' is not a known network; choose one of \\['mlp', 'simple_cnn', 'token'\\]"
+    with pytest.raises(ConfigError, match=message):
+        TrainingConfig(agent=AgentConfig(name="transformer")).validate()
+    with pytest.raises(ConfigError, match=message):
+        make_policy(AgentConfig(name="transformer"), BOX4, spaces.Discrete(2))
 
 
 def test_auto_picks_the_network_from_the_observation_space():

@@ -10,7 +10,8 @@ import torch
 
 from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import EnvConfig, PPOConfig, small_fast_config
-from cleanmetta.envs import make_curriculum, make_vecenv
+from cleanmetta.curriculum import make_curriculum
+from cleanmetta.envs import make_vecenv
 from cleanmetta.experience import Experience
 from cleanmetta.policy import make_policy
 from cleanmetta.trainer import seed_everything
