@@ -6,10 +6,13 @@
     python train.py --config run.yaml --seed 3        # a config file, then flags on top
     python train.py --resume runs/NAME                # continue a run from its last checkpoint
     python train.py --help                            # every flag, with its meaning
+    torchrun --standalone --nproc_per_node 2 train.py # one policy, two processes (GPUs or CPU slots)
 
 Each epoch: collect a rollout into the experience buffer, run the PPO update on it, log; every
 few epochs evaluate and checkpoint. Ctrl-C (or SIGTERM) finishes the epoch, saves and exits.
 cleanmetta.trainer.functional_training_loop runs the same epoch; a test keeps the two identical.
+Under torchrun every process runs this same loop; the lines marked "torchrun" are all it takes
+(the components share the rest, see cleanmetta/distributed.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import torch
 import tyro
 
+from cleanmetta import distributed
 from cleanmetta.checkpoint import CheckpointError, PolicyStore, TrainingCheckpointer
 from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import PRESETS, ConfigError, TrainingConfig
@@ -32,21 +36,23 @@ from cleanmetta.losses import make_custom_losses
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
 from cleanmetta.spaces import UnsupportedEnvError
-from cleanmetta.trainer import (StopOnSignal, evaluate_and_log, learning_rate_at, make_optimizer, make_reward_scaler,
-                                num_epochs_for, resolve_device, restore_checkpoint, run_dir_for, save_checkpoint,
-                                seed_everything)
+from cleanmetta.trainer import (StopOnSignal, evaluate_and_log, join_process_group, learning_rate_at, make_optimizer,
+                                make_reward_scaler, num_epochs_for, rank_seed, restore_checkpoint, run_dir_for,
+                                save_checkpoint, seed_everything)
 
 
 def main(config: TrainingConfig) -> dict:
     config.validate()
-    device = resolve_device(config.device)
-    seed_everything(config.seed, config.torch_deterministic)
+    device = join_process_group(config)  # torchrun: join the others; this rank's GPU (NCCL) or the CPU (gloo)
+    seed = rank_seed(config)             # torchrun: each rank its own RNG stream and episodes
+    seed_everything(seed, config.torch_deterministic)
     torch.set_num_threads(config.torch_threads)
     run_dir = run_dir_for(config)
 
     # Build the parts.
-    vecenv = make_vecenv(config.env, config.seed, make_curriculum(config.env, config.curriculum))
+    vecenv = make_vecenv(config.env, seed, make_curriculum(config.env, config.curriculum))
     policy = make_policy(config.agent, vecenv.single_observation_space, vecenv.single_action_space).to(device)
+    distributed.broadcast_module(policy)  # torchrun: every rank starts from rank 0's weights
     optimizer = make_optimizer(policy, config.trainer, device)
     experience = Experience.for_env(vecenv, config.trainer.num_steps, device)
     checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir))
@@ -76,12 +82,13 @@ def main(config: TrainingConfig) -> dict:
 
             if config.evaluation.interval and epoch % config.evaluation.interval == 0:
                 scores = evaluate_and_log(evaluator, policy, logger, agent_steps)
-            last = epoch >= num_epochs or stop.requested
+            last = stop.sync() or epoch >= num_epochs  # torchrun: a signal to any rank stops all at this epoch
             if last or (config.checkpoint.interval and epoch % config.checkpoint.interval == 0):
                 save_checkpoint(checkpointer, config, policy, optimizer, epoch, agent_steps, scores, reward_scaler)
 
     logger.close()
     vecenv.close()
+    distributed.close()  # torchrun: leave the process group
     return {"run_dir": run_dir, "policy": policy, "epoch": epoch, **logger.summary()}
 
 
@@ -115,5 +122,5 @@ def parse_config(argv: list[str]) -> TrainingConfig:
 if __name__ == "__main__":
     try:
         main(parse_config(sys.argv[1:]))
-    except (ConfigError, UnsupportedEnvError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, UnsupportedEnvError, CheckpointError, FileNotFoundError, distributed.DistributedError) as err:
         sys.exit(f"error: {err}")

@@ -11,6 +11,10 @@ Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that e
 its action is ignored and its transition joins two episodes, so it is stored with valid = 0 and
 never trained on.
 
+Under torchrun each process collects its own rollout; `collect()` then gathers the finished
+episodes of every process (one collective per rollout) and counts the agent steps of all of them,
+so that the loop's step count and statistics are global on every process.
+
 Device handling: environment outputs stay in host numpy arrays for the whole rollout and reach
 the device in one copy each at the end; observations go to the device every step through a pinned
 host buffer with a non-blocking copy. The only per-step host sync is reading the actions back,
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from cleanmetta import distributed
 from cleanmetta.envs import check_autoreset
 from cleanmetta.experience import Experience
 from cleanmetta.normalize import RewardScaler
@@ -70,7 +75,8 @@ class RolloutCollector:
 
     @torch.inference_mode()
     def collect(self) -> tuple[dict[str, np.ndarray], int]:
-        """Fill the experience with one rollout; returns (finished-episode stats, agent steps taken)."""
+        """Fill the experience with one rollout; returns (finished-episode stats, agent steps taken), both over
+        all processes under torchrun."""
         exp = self.experience
         finished_returns, finished_lengths, finished_tasks = [], [], []
         episode_stats: dict[str, list] = {}
@@ -124,4 +130,20 @@ class RolloutCollector:
             stats["episodic_task"] = np.concatenate(finished_tasks)
         if episode_stats:
             stats["episode_stats"] = {name: np.asarray(values) for name, values in episode_stats.items()}
-        return stats, exp.batch_size
+        if distributed.world_size() > 1:
+            stats = merge_episode_stats(distributed.all_gather_objects(stats))
+        return stats, exp.batch_size * distributed.world_size()
+
+
+def merge_episode_stats(per_rank: list[dict]) -> dict:
+    """One collect() stats dict from several (one per process), episodes in rank order."""
+    merged = {key: np.concatenate([stats[key] for stats in per_rank]) for key in ("episodic_return", "episodic_length")}
+    tasks = [stats["episodic_task"] for stats in per_rank if "episodic_task" in stats]
+    if tasks:
+        merged["episodic_task"] = np.concatenate(tasks)
+    names = {name for stats in per_rank for name in stats.get("episode_stats", {})}
+    if names:
+        merged["episode_stats"] = {name: np.concatenate([stats["episode_stats"][name] for stats in per_rank
+                                                         if name in stats.get("episode_stats", {})])
+                                   for name in sorted(names)}
+    return merged

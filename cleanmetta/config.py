@@ -42,7 +42,7 @@ class EnvConfig:
     id: str = "CartPole-v1"
     """gymnasium environment id (Box observations; Discrete, MultiDiscrete or Box actions)."""
     num_envs: int = 4
-    """number of environment copies stepped together."""
+    """number of environment copies stepped together (by each process under torchrun)."""
     vectorization: str = "auto"
     """'auto' (native vector env when the id has one, else 'sync'), 'native', 'sync' or 'async'."""
 
@@ -64,7 +64,7 @@ class TrainerConfig:
     """Rollout size, run length and optimiser settings."""
 
     total_timesteps: int = 500_000
-    """agent steps to train for (summed over all environments and agents)."""
+    """agent steps to train for (summed over all environments, agents and torchrun processes)."""
     num_steps: int = 128
     """steps each environment runs per rollout; batch size = num_steps x agents."""
     learning_rate: float = 2.5e-4
@@ -89,6 +89,8 @@ class PPOConfig:
     """minibatches per pass; must divide the batch size."""
     norm_adv: bool = True
     """normalise advantages inside each minibatch."""
+    global_adv_norm: bool = True
+    """under torchrun, normalise with the mean and std of all processes' minibatches (one all-reduce each)."""
     clip_coef: float = 0.2
     """surrogate clipping coefficient epsilon."""
     clip_vloss: bool = True
@@ -173,6 +175,8 @@ class TrainingConfig:
     """CPU threads for torch; one is fastest for small networks (per-op overhead dominates)."""
     torch_deterministic: bool = True
     """ask torch (and cuDNN) for deterministic kernels."""
+    distributed_timeout: float = 600.0
+    """torchrun: seconds a process waits for the others (e.g. while rank 0 evaluates) before failing."""
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -237,6 +241,7 @@ class TrainingConfig:
                                                          and self.device[5:].isdigit()),
               "device", self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "must be >= 1")
+        positive("distributed_timeout", self.distributed_timeout)
 
         env = self.env
         check(bool(env.id.strip()), "env.id", env.id, "must name a gymnasium environment, e.g. 'CartPole-v1'")

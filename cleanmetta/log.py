@@ -10,6 +10,9 @@ A run directory holds:
 - `summary.json` when the run ends: agent steps, seconds, steps per second, mean return of the
   last 20 episodes.
 
+Under torchrun only rank 0 writes and prints: the other ranks' loggers keep the same counters
+(the collector hands every rank all ranks' episodes) and write nothing.
+
 This module only records; it never changes what it is given.
 """
 
@@ -24,6 +27,8 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+
+from cleanmetta import distributed
 
 # update() stats key -> TensorBoard tag; any other key (a custom loss) is logged as losses/<key>.
 LOSS_TAGS = {
@@ -70,32 +75,39 @@ class StatsLogger:
                  tensorboard: bool = True, console_interval: float = 5.0, start_step: int = 0,
                  wandb_run: Any = None):
         self.run_dir = run_dir
-        os.makedirs(run_dir, exist_ok=True)
-        if config is not None:
-            with open(os.path.join(run_dir, "config.json"), "w") as f:
-                json.dump(dataclasses.asdict(config), f, indent=2)
+        self.writes = distributed.is_main()  # torchrun: rank 0 alone writes files and prints
         self.writer = None
-        if tensorboard:
-            # imported only when on: TensorBoard's writer costs ~16 MB and a second of start-up
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step: after a resume, drop events a killed run wrote past its last checkpoint
-            self.writer = SummaryWriter(run_dir, purge_step=start_step or None)
-        self.wandb_run = wandb_run  # optional: a wandb run (wandb.init()) that receives the same scalars
+        self.episodes_file = None
+        # optional: a wandb run (wandb.init()) that receives the same scalars
+        self.wandb_run = wandb_run if self.writes else None
         self.recent_returns: deque[float] = deque(maxlen=20)
-        episodes_path = os.path.join(run_dir, "episodes.csv")
-        is_new = not os.path.exists(episodes_path)
-        if start_step and not is_new:
-            self.recent_returns.extend(cut_episodes_back(episodes_path, start_step))
-        self.episodes_file = open(episodes_path, "a")
-        if is_new:
-            self.episodes_file.write("agent_steps,seconds,return,length\n")
+        if self.writes:
+            self._open_files(config, tensorboard, start_step)
         self.total_timesteps = total_timesteps
         self.console_interval = console_interval
         self.start_time = time.perf_counter()
         self.start_step = start_step
         self.last_print = -math.inf
         self.agent_steps = start_step
+
+    def _open_files(self, config: Any, tensorboard: bool, start_step: int) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        if config is not None:
+            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
+                json.dump(dataclasses.asdict(config), f, indent=2)
+        if tensorboard:
+            # imported only when on: TensorBoard's writer costs ~16 MB and a second of start-up
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: after a resume, drop events a killed run wrote past its last checkpoint
+            self.writer = SummaryWriter(self.run_dir, purge_step=start_step or None)
+        episodes_path = os.path.join(self.run_dir, "episodes.csv")
+        is_new = not os.path.exists(episodes_path)
+        if start_step and not is_new:
+            self.recent_returns.extend(cut_episodes_back(episodes_path, start_step))
+        self.episodes_file = open(episodes_path, "a")
+        if is_new:
+            self.episodes_file.write("agent_steps,seconds,return,length\n")
 
     @property
     def elapsed(self) -> float:
@@ -121,8 +133,9 @@ class StatsLogger:
         returns, lengths = rollout_stats["episodic_return"], rollout_stats["episodic_length"]
         self.agent_steps = agent_steps
         seconds = self.elapsed
-        for episode_return, length in zip(returns.tolist(), lengths.tolist()):
-            self.episodes_file.write(f"{agent_steps},{seconds:.3f},{episode_return:.6g},{length}\n")
+        if self.episodes_file is not None:
+            for episode_return, length in zip(returns.tolist(), lengths.tolist()):
+                self.episodes_file.write(f"{agent_steps},{seconds:.3f},{episode_return:.6g},{length}\n")
         self.recent_returns.extend(returns.tolist())
 
         sps = self.steps_per_second(agent_steps)
@@ -141,7 +154,7 @@ class StatsLogger:
         self.log_scalars(agent_steps, scalars)
 
         done = self.total_timesteps is not None and agent_steps >= self.total_timesteps
-        if done or seconds - self.last_print >= self.console_interval:
+        if self.writes and (done or seconds - self.last_print >= self.console_interval):
             self.last_print = seconds
             print(self.progress_line(agent_steps, sps, update_stats), flush=True)
 
@@ -163,6 +176,8 @@ class StatsLogger:
                 "mean_return_last20": self.mean_recent_return}
 
     def close(self) -> None:
+        if not self.writes:
+            return
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(self.summary(), f, indent=2)
         self.episodes_file.close()

@@ -12,7 +12,8 @@ standard deviation of the discounted return, both clipped to +-10. Two pieces he
   statistics are part of the trainer state (see trainer.save_checkpoint).
 
 Both keep their statistics in a `RunningMeanStd`, a module whose buffers hold the mean, variance
-and count, merged batch by batch (Chan et al.'s parallel algorithm).
+and count, merged batch by batch (Chan et al.'s parallel algorithm). Under torchrun a batch is the
+union of every process's batch, so all processes hold the same statistics.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+
+from cleanmetta import distributed
 
 CLIP = 10.0  # observations and rewards are clipped to +-CLIP after normalisation (CleanRL, SB3)
 EPSILON = 1e-8
@@ -36,12 +39,16 @@ class RunningMeanStd(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """Merge a batch `[N, *shape]` into the statistics."""
+        """Merge a batch `[N, *shape]` into the statistics (under torchrun: every process's batch)."""
         x = x.reshape(-1, *self.mean.shape).to(torch.float64)
-        n = x.shape[0]
+        if distributed.world_size() > 1:
+            n, batch_mean, batch_var = moments_of_all_ranks(x)
+        elif len(x):
+            n, batch_mean, batch_var = len(x), x.mean(0), x.var(0, unbiased=False)
+        else:
+            n = 0
         if n == 0:
             return
-        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
         total = self.count + n
         delta = batch_mean - self.mean
         m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
@@ -51,6 +58,17 @@ class RunningMeanStd(nn.Module):
 
     def std(self) -> torch.Tensor:
         return (self.var + EPSILON).sqrt()
+
+
+def moments_of_all_ranks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Count, mean and (biased) variance of the rows of `x` on all ranks together: one all-reduce."""
+    features = x.shape[1:].numel()
+    local = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0).flatten(), x.square().sum(0).flatten()])
+    sums = distributed.all_reduce(local)
+    count = sums[0]
+    mean = (sums[1:1 + features] / count.clamp_min(1)).view(x.shape[1:])
+    var = (sums[1 + features:] / count.clamp_min(1)).view(x.shape[1:]) - mean.square()
+    return count, mean, var.clamp_min(0)
 
 
 class ObservationNorm(RunningMeanStd):

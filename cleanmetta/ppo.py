@@ -9,6 +9,11 @@ to the PPO loss on each minibatch. A custom loss is any callable
 over the minibatch (values are the rollout's value estimates, advantages the raw GAE advantages);
 its value is reported under its `__name__`.
 
+Under torchrun (distributed.py) each process updates on its own rollout and the processes stay one
+policy: after every backward pass the gradients are averaged over all processes, minibatch
+advantages are normalised with the statistics of all processes' minibatches (ppo.global_adv_norm),
+target_kl compares the processes' mean approx_kl, and the reported losses are means over processes.
+
 This module owns the objective and the optimiser steps; the optimiser and its learning rate
 schedule belong to the caller.
 """
@@ -21,6 +26,7 @@ import torch
 from torch import nn
 from torch.optim.adam import adam as functional_adam
 
+from cleanmetta import distributed
 from cleanmetta.config import PPOConfig
 from cleanmetta.experience import Experience
 
@@ -98,8 +104,11 @@ class PPOOptimizer:
                                else self.compute_ppo_loss)
 
     def compute_ppo_loss(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
-                         advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor) -> PPOLosses:
-        """The PPO loss on one minibatch; `values` are the rollout's (old) value estimates."""
+                         advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
+                         normalize_advantages: bool = True) -> PPOLosses:
+        """The PPO loss on one minibatch; `values` are the rollout's (old) value estimates. With
+        ppo.norm_adv the advantages are normalised here unless `normalize_advantages` is False
+        (the caller already has, as update() does with all processes' statistics under torchrun)."""
         cfg = self.config
         _, new_logprobs, entropy, new_values = self.policy.get_action_and_value(obs, actions)
         log_ratio = new_logprobs - old_logprobs
@@ -108,7 +117,7 @@ class PPOOptimizer:
             approx_kl = ((ratio - 1) - log_ratio).mean()
             clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
 
-        if cfg.norm_adv and advantages.numel() > 1:
+        if cfg.norm_adv and normalize_advantages and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         policy_loss = torch.max(-advantages * ratio,
                                 -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
@@ -138,13 +147,24 @@ class PPOOptimizer:
 
         n = batch.obs.shape[0]
         edges = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
+        global_adv_norm = cfg.norm_adv and cfg.global_adv_norm and distributed.world_size() > 1
+        if distributed.world_size() > 1:  # every process must run every minibatch: each one all-reduces
+            fewest = int(distributed.all_reduce(torch.tensor(n), distributed.ReduceOp.MIN))
+            if fewest < cfg.num_minibatches:
+                raise ValueError(f"a process has {fewest} valid samples, fewer than ppo.num_minibatches="
+                                 f"{cfg.num_minibatches}; use fewer minibatches or longer rollouts")
         for _ in range(cfg.update_epochs):
             shuffled = batch.select(torch.randperm(n, device=self.device))  # one gather per epoch, then slices
             for start, end in zip(edges[:-1], edges[1:]):
                 if start == end:  # fewer valid samples than minibatches
                     continue
                 mb = shuffled.select(slice(start, end))
-                losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, mb.advantages, mb.returns, mb.values)
+                advantages = mb.advantages
+                if global_adv_norm:  # torchrun: the mean and std of every process's minibatch
+                    mean, std = distributed.mean_std(advantages)
+                    advantages = (advantages - mean) / (std + 1e-8)
+                losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, advantages, mb.returns, mb.values,
+                                             normalize_advantages=not global_adv_norm)
                 loss = losses.total_loss
                 custom_values = []
                 for fn in custom_loss_fns:
@@ -163,15 +183,17 @@ class PPOOptimizer:
                 for p in params:  # optimizer.zero_grad(set_to_none=True), minus its per-call overhead
                     p.grad = None
                 loss.backward()
+                distributed.average_gradients(params)  # torchrun: one all-reduce; nothing in one process
                 clip_grad_norm(params, cfg.max_grad_norm)
                 optimizer_step(self.optimizer)
 
                 history += [losses.policy_loss.detach(), losses.value_loss.detach(), losses.entropy_loss.detach(),
                             losses.approx_kl, losses.clipfrac, *custom_values]
-            if cfg.target_kl is not None and losses.approx_kl > cfg.target_kl:
+            # torchrun: the processes compare their mean approx_kl, so that they stop at the same epoch
+            if cfg.target_kl is not None and distributed.mean_over_ranks(losses.approx_kl) > cfg.target_kl:
                 break
 
-        means = torch.stack(history).view(-1, len(names)).mean(0)
+        means = distributed.mean_over_ranks(torch.stack(history).view(-1, len(names)).mean(0))
         stats = dict(zip(names, means.tolist()))
         obs_norm = getattr(self.policy, "obs_norm", None)
         if obs_norm is not None:  # after the update, so that it scored actions as the rollout saw them

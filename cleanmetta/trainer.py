@@ -8,6 +8,12 @@ save/restore, signal handling) are shared by train.py's explicit loop and by
                                       step_fn=my_step, custom_losses=[my_loss])
 
 A test trains with both and checks that they end with identical parameters.
+
+Under torchrun both loops run on every process, unchanged: `join_process_group` starts the
+process, each rank seeds its own RNG and environments (`rank_seed`), the ranks start from rank 0's
+weights, and the helpers here share what must be shared: the run directory's name, the checkpoint
+(rank 0 writes it with every rank's RNG state; on resume rank 0 reads it and every rank restores
+it), the decision to stop. Rank 0 alone evaluates and writes files (log.py: and logs).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer, set_rng_state
+from cleanmetta import distributed
+from cleanmetta.checkpoint import CheckpointError, PolicyStore, TrainingCheckpointer, rng_state, set_rng_state
 from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import ConfigError, PPOConfig, TrainerConfig, TrainingConfig
 from cleanmetta.curriculum import Curriculum
@@ -44,6 +51,26 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but torch.cuda.is_available() is False; "
                           "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+    return device
+
+
+RANK_SEED_STRIDE = 1_000_003  # rank r seeds with seed + r * stride: apart from rank 0's envs seed, seed + 1, ...
+
+
+def rank_seed(config: TrainingConfig) -> int:
+    """This process's seed: config.seed on rank 0 (and without torchrun), a different one per rank."""
+    return config.seed + RANK_SEED_STRIDE * distributed.rank()
+
+
+def join_process_group(config: TrainingConfig) -> torch.device:
+    """This process's device; under torchrun, also join the process group (NCCL on cuda:LOCAL_RANK,
+    gloo on the CPU). Without torchrun: resolve_device(config.device), nothing else."""
+    device = resolve_device(config.device)
+    if not distributed.launched_by_torchrun() or distributed.initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    distributed.init(device, config.distributed_timeout)
     return device
 
 
@@ -75,12 +102,13 @@ def learning_rate_at(trainer: TrainerConfig, epoch: int, num_epochs: int) -> flo
 
 def run_dir_for(config: TrainingConfig) -> str:
     name = config.experiment_name or f"{config.env.id.replace('/', '-')}__{config.seed}__{int(time.time())}"
-    return os.path.join(config.log.run_root, name)
+    return distributed.broadcast_object(os.path.join(config.log.run_root, name))  # torchrun: rank 0's clock
 
 
 def num_epochs_for(config: TrainingConfig, experience: Experience) -> int:
-    """Epochs needed to reach trainer.total_timesteps agent steps (the last epoch may overshoot)."""
-    return math.ceil(config.trainer.total_timesteps / experience.batch_size)
+    """Epochs needed to reach trainer.total_timesteps agent steps over all processes (the last epoch
+    may overshoot)."""
+    return math.ceil(config.trainer.total_timesteps / (experience.batch_size * distributed.world_size()))
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
@@ -89,9 +117,14 @@ def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, 
                     epoch: int, agent_steps: int, scores: dict[str, float] | None = None,
                     reward_scaler: RewardScaler | None = None) -> None:
     """Policy first, then the trainer state that points at it: a crash between the two leaves the
-    previous trainer state, whose policy file is still there."""
-    checkpointer.save_policy(policy, epoch, {"agent_steps": agent_steps, "scores": scores or {}})
+    previous trainer state, whose policy file is still there. Under torchrun every rank calls this
+    and rank 0 writes, with every rank's RNG state."""
     extra = {"reward_scaler": reward_scaler.state_dict()} if reward_scaler is not None else {}
+    if distributed.world_size() > 1:
+        extra.update(world_size=distributed.world_size(), rank_rng=distributed.all_gather_objects(rng_state()))
+    if not distributed.is_main():
+        return
+    checkpointer.save_policy(policy, epoch, {"agent_steps": agent_steps, "scores": scores or {}})
     checkpointer.save_trainer_state(agent_steps, epoch, optimizer.state_dict(), checkpointer.checkpoint_dir,
                                     config=config.to_dict(), **extra)
 
@@ -103,43 +136,89 @@ def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfi
 
     Returns (0, 0) when there is none or checkpoint.resume is off. Environments cannot be saved,
     so episodes in flight at the checkpoint restart: the envs are reseeded from (seed, epoch).
+    Under torchrun rank 0 reads the checkpoint (the other ranks' machines may not see its files)
+    and sends it to every rank; each restores the same policy and optimizer and its own RNG state.
     """
-    state = checkpointer.load_trainer_state(checkpointer.checkpoint_dir) if config.checkpoint.resume else None
+    state = None
+    if config.checkpoint.resume and distributed.is_main():
+        try:
+            state = read_checkpoint(checkpointer, config, vecenv)
+        except (ConfigError, CheckpointError) as err:  # torchrun: every rank stops with rank 0's message
+            state = err
+    state = distributed.broadcast_object(state)
+    if isinstance(state, Exception):
+        raise state
     if state is None:
         return 0, 0
-    saved, current = state["config"], config.to_dict()
-    for section in ("env", "agent"):
-        if saved[section] != current[section]:
-            raise ConfigError(f"{checkpointer.checkpoint_dir} holds a run with {section}={saved[section]}, not "
-                              f"{current[section]}; pick another --experiment-name, or pass "
-                              "--checkpoint.no-resume to start over in this directory")
-    record = checkpointer.load_policy(state, vecenv)
-    policy.load_state_dict(record.policy.state_dict())
+    policy.load_state_dict(state["policy_state"])
     optimizer.load_state_dict(state["optimizer_state"])
     if reward_scaler is not None:
         if "reward_scaler" not in state:
             raise ConfigError(f"{checkpointer.checkpoint_dir} was trained without ppo.normalize_reward; resume it "
                               "without the flag, or pass --checkpoint.no-resume to start over")
         reward_scaler.load_state_dict(state["reward_scaler"])
-    set_rng_state(state["rng"])
-    vecenv.reset(seed=config.seed + 104_729 * state["epoch"])
-    print(f"resumed {checkpointer.checkpoint_dir} at epoch {state['epoch']}, {state['agent_step']:,} agent steps",
-          flush=True)
+    set_rng_state(state["rank_rng"][distributed.rank()] if "rank_rng" in state else state["rng"])
+    vecenv.reset(seed=rank_seed(config) + 104_729 * state["epoch"])
+    if distributed.is_main():
+        print(f"resumed {checkpointer.checkpoint_dir} at epoch {state['epoch']}, {state['agent_step']:,} agent "
+              f"steps", flush=True)
     return state["epoch"], state["agent_step"]
+
+
+def read_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, vecenv) -> dict[str, Any] | None:
+    """The run directory's trainer state with its policy's weights (`policy_state`), checked against
+    this run's config and number of processes; None when there is none."""
+    state = checkpointer.load_trainer_state(checkpointer.checkpoint_dir)
+    if state is None:
+        return None
+    saved, current = state["config"], config.to_dict()
+    for section in ("env", "agent"):
+        if saved[section] != current[section]:
+            raise ConfigError(f"{checkpointer.checkpoint_dir} holds a run with {section}={saved[section]}, not "
+                              f"{current[section]}; pick another --experiment-name, or pass "
+                              "--checkpoint.no-resume to start over in this directory")
+    saved_world = state.get("world_size", 1)
+    if saved_world != distributed.world_size():
+        raise ConfigError(f"{checkpointer.checkpoint_dir} was trained by {saved_world} process(es), this run has "
+                          f"{distributed.world_size()}: resume it with torchrun --nproc_per_node {saved_world} (or "
+                          f"without torchrun for 1), or pass --checkpoint.no-resume to start over")
+    state["policy_state"] = checkpointer.load_policy(state, vecenv).policy.state_dict()
+    return state
 
 
 class StopOnSignal:
     """SIGINT / SIGTERM ask the loop to stop after the current epoch (which then saves); a second
-    SIGINT interrupts at once."""
+    SIGINT interrupts at once.
+
+    `requested` is what the loop reads. In one process it is true from the signal on. Under torchrun
+    a signal may reach one rank only, and all must stop at the same epoch: `sync()`, called by
+    every rank once per epoch (train.py and default_training_step do), sets `requested` on every
+    rank when any rank got a signal; between calls it does not change."""
 
     def __init__(self):
-        self.requested = False
+        self.signalled = False
+        self.agreed = False
         self.previous: dict[int, Any] = {}
 
+    @property
+    def requested(self) -> bool:
+        return self.agreed if distributed.world_size() > 1 else self.signalled
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        """A step_fn may stop the run itself (under torchrun: on every rank, e.g. from a statistic all
+        ranks share, such as the logger's last-20 return)."""
+        self.signalled = self.agreed = value
+
+    def sync(self) -> bool:
+        """`requested`, after agreeing on it with the other ranks (one all-reduce under torchrun)."""
+        self.agreed = distributed.any_rank(self.signalled)
+        return self.requested
+
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.signalled and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signalled = True
         print(f"\n{signal.Signals(signum).name}: finishing this epoch, saving a checkpoint, then exiting",
               flush=True)
 
@@ -189,8 +268,10 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
                                experience: Experience, policy_store: PolicyStore | None = None,
                                custom_losses: Sequence[CustomLoss] | None = None,
                                optimizer: torch.optim.Optimizer | None = None) -> TrainingComponents:
-    """Everything one training epoch touches, built the way train.py builds it."""
+    """Everything one training epoch touches, built the way train.py builds it (under torchrun, the
+    policy starts from rank 0's weights)."""
     device = experience.device
+    distributed.broadcast_module(policy)
     run_dir = run_dir_for(config)
     optimizer = optimizer or make_optimizer(policy, config.trainer, device)
     checkpointer = TrainingCheckpointer(run_dir, policy_store or PolicyStore(run_dir))
@@ -228,7 +309,7 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
 
     if config.evaluation.interval and state.epoch % config.evaluation.interval == 0:
         state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps)
-    last = state.epoch >= state.num_epochs or state.stop.requested
+    last = state.stop.sync() or state.epoch >= state.num_epochs  # torchrun: every rank stops at the same epoch
     if last or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):
         save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps, state.scores,
                         c.collector.reward_scaler)
@@ -237,6 +318,9 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
 
 
 def evaluate_and_log(evaluator: PolicyEvaluator, policy, logger: StatsLogger, agent_steps: int) -> dict[str, float]:
+    """Evaluate on rank 0 (the only rank without torchrun) and log the scores; other ranks get {}."""
+    if not distributed.is_main():
+        return {}
     scores: dict[str, float] = {}
     for name, result in evaluator.evaluate(policy).items():
         scores.update(result.scores(name))
@@ -255,13 +339,22 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
     Builds the envs, buffer and components from `config` (seed the RNGs before building the policy
     for a reproducible run), resumes from the run directory's checkpoint when there is one, then
     calls `step_fn` (default: default_training_step) once per epoch.
+
+    Under torchrun it joins the process group on the policy's device (on GPUs, build the policy on
+    `join_process_group(config)`'s device), trains from rank 0's weights, and reseeds each rank's
+    RNG with `rank_seed(config)` before it builds the components. A custom step_fn that does not call
+    default_training_step must call `state.stop.sync()` once per epoch for signals to stop all ranks.
     """
     config.validate()
     torch.set_num_threads(config.torch_threads)
     step_fn = step_fn or default_training_step
     device = next(policy.parameters()).device
-    vecenv = make_vecenv(config.env, config.seed, curriculum)
+    if distributed.launched_by_torchrun() and not distributed.initialized():
+        distributed.init(device, config.distributed_timeout)
+    vecenv = make_vecenv(config.env, rank_seed(config), curriculum)
     experience = Experience.for_env(vecenv, config.trainer.num_steps, device)
+    if distributed.world_size() > 1:  # torchrun: a sampling stream of its own for each rank (a resume restores it)
+        seed_everything(rank_seed(config), config.torch_deterministic)
     components = create_training_components(config, ppo_config, policy, vecenv, experience, policy_store,
                                             custom_losses)
     state = TrainingState(epoch=components.start_epoch, agent_steps=components.start_agent_steps,

@@ -1,15 +1,18 @@
 """The functional training loop with custom losses and a custom step function.
 
     python examples/functional_training_example.py
+    torchrun --standalone --nproc_per_node 2 examples/functional_training_example.py   # 2 processes, 1 policy
 
 `functional_training_loop` runs one `step_fn` call per epoch. This example wraps the default step
 to log an extra metric and to stop early once the policy is good enough, and adds both example
-custom losses from cleanmetta.losses.
+custom losses from cleanmetta.losses. Under torchrun every process runs this script; the loop joins
+them into one run, and rank 0 alone writes and prints.
 """
 
 import os
 import tempfile
 
+from cleanmetta import distributed
 from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import small_fast_config
 from cleanmetta.curriculum import make_curriculum
@@ -51,8 +54,9 @@ def main() -> None:
         step_fn=custom_training_step,
         custom_losses=[make_curiosity_loss(0.01), make_diversity_loss(0.01)],
     )
-    print(f"trained {state.agent_steps:,} agent steps in {state.epoch} epochs; "
-          f"latest policy: {policy_store.latest().uri}")
+    if distributed.is_main():  # torchrun: rank 0 saved the policies (into its own temporary run root)
+        print(f"trained {state.agent_steps:,} agent steps in {state.epoch} epochs; "
+              f"latest policy: {policy_store.latest().uri}")
 
 
 if __name__ == "__main__":

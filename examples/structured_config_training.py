@@ -1,11 +1,13 @@
 """Structured configs: presets, dataclasses, legacy dicts and YAML files, then a training run.
 
     python examples/structured_config_training.py
+    torchrun --standalone --nproc_per_node 2 examples/structured_config_training.py   # 2 processes, 1 policy
 """
 
 import os
 import tempfile
 
+from cleanmetta import distributed
 from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import AgentConfig, TrainerConfig, TrainingConfig, small_fast_config
 from cleanmetta.curriculum import make_curriculum
@@ -46,8 +48,9 @@ def main() -> None:
     probe.close()
     run_dir = os.path.join(config.log.run_root, config.experiment_name)
     state = functional_training_loop(config, config.ppo, policy, curriculum, PolicyStore(run_dir))
-    print(f"{state.agent_steps:,} agent steps; run directory {run_dir} holds "
-          f"{', '.join(sorted(os.listdir(run_dir)))}")
+    if distributed.is_main():  # torchrun: rank 0 wrote the run directory
+        print(f"{state.agent_steps:,} agent steps; run directory {run_dir} holds "
+              f"{', '.join(sorted(os.listdir(run_dir)))}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [  # bottom first
-    ["config"],                                            # 1 plain dataclasses, presets, from_dict / YAML
+    ["config", "distributed"],                             # 1 plain dataclasses, presets; the process group
     ["spaces", "curriculum", "normalize", "experience"],   # 2 spaces, tasks, running statistics, buffers
     ["mettagrid_env"],                                     # 3 the optional MettaGrid vector env
     ["envs"],                                              # 4 make_vecenv

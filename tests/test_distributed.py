@@ -1,0 +1,264 @@
+"""torchrun: two CPU processes (gloo) train one policy.
+
+The update-level tests start two processes with torch.multiprocessing and compare them with a
+single process; the run-level tests launch `python -m torch.distributed.run` (torchrun) on
+train.py, as a user would.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from gymnasium import spaces
+
+import train
+from cleanmetta import distributed
+from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer, rng_state
+from cleanmetta.config import AgentConfig, ConfigError, PPOConfig, TrainerConfig, small_fast_config
+from cleanmetta.experience import Experience
+from cleanmetta.normalize import RewardScaler
+from cleanmetta.policy import make_policy
+from cleanmetta.ppo import PPOOptimizer
+from cleanmetta.trainer import make_optimizer, restore_checkpoint, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OBS = spaces.Box(-1.0, 1.0, (4,), np.float32)
+T, B = 16, 4  # the whole batch: B agents, of which each of the 2 processes holds B // 2
+
+
+# ---- update-level: two processes started here ------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(worker, *args) -> None:
+    """Run worker(rank, *args) in 2 processes joined in a gloo process group."""
+    mp.start_processes(_join_and_run, args=(free_port(), worker, args), nprocs=2, start_method="spawn")
+
+
+def _join_and_run(rank, port, worker, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    distributed.init(torch.device("cpu"), timeout_s=60)
+    try:
+        worker(rank, *args)
+    finally:
+        distributed.close()
+
+
+def fixed_experience(agents: slice, normalize_obs: bool = False) -> tuple[torch.nn.Module, Experience]:
+    """The same policy everywhere, and the columns `agents` of one fixed rollout [T, B]."""
+    g = torch.Generator().manual_seed(0)
+    full = {"obs": torch.randn(T, B, 4, generator=g), "actions": torch.randint(0, 3, (T, B, 1), generator=g),
+            "logprobs": torch.randn(T, B, generator=g) * 0.1 - 1.1, "values": torch.randn(T, B, generator=g),
+            "rewards": torch.randn(T, B, generator=g), "dones": (torch.rand(T, B, generator=g) < 0.1).float(),
+            "last_value": torch.randn(B, generator=g)}
+    full["obs"][:, 2:] += 3.0  # the second process's agents see other observations and advantages
+    full["rewards"][:, 2:] *= 5.0
+    torch.manual_seed(0)
+    policy = make_policy(AgentConfig(name="mlp", normalize_obs=normalize_obs), OBS, spaces.Discrete(3))
+    exp = Experience(T, len(range(B)[agents]), OBS, spaces.Discrete(3))
+    for name, value in full.items():
+        getattr(exp, name).copy_(value[..., agents, :] if name in ("obs", "actions") else value[..., agents])
+    exp.terminals.copy_(exp.dones)
+    exp.valid.fill_(1.0)
+    return policy, exp
+
+
+def update(policy, exp, **ppo) -> tuple[dict, torch.optim.Optimizer]:
+    optimizer = make_optimizer(policy, TrainerConfig(learning_rate=1e-3), torch.device("cpu"))
+    stats = PPOOptimizer(policy, optimizer, "cpu", PPOConfig(**ppo)).update(exp)
+    return stats, optimizer
+
+
+def _update_worker(rank, out_dir, ppo):
+    policy, exp = fixed_experience(slice(2 * rank, 2 * rank + 2), normalize_obs=True)
+    torch.manual_seed(rank)  # different shuffles on each rank: one minibatch per epoch must not care
+    stats, optimizer = update(policy, exp, **ppo)
+    torch.save({"params": policy.state_dict(), "optimizer": optimizer.state_dict(), "stats": stats},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
+    ppo = dict(num_minibatches=1, update_epochs=3)
+    spawn(_update_worker, str(tmp_path), ppo)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+    policy, exp = fixed_experience(slice(0, B), normalize_obs=True)
+    stats, optimizer = update(policy, exp, **ppo)
+    for name, value in policy.state_dict().items():  # obs normalisation statistics included
+        assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name]), name
+        torch.testing.assert_close(ranks[0]["params"][name], value, rtol=1e-5, atol=1e-5, msg=name)
+    for key in ("policy_loss", "value_loss", "entropy"):
+        assert ranks[0]["stats"][key] == pytest.approx(stats[key], rel=1e-4, abs=1e-6)
+
+    # Per-process advantage normalisation would not give the single-process update: the check bites.
+    spawn(_update_worker, str(tmp_path), {**ppo, "global_adv_norm": False})
+    local = torch.load(tmp_path / "rank0.pt", weights_only=True)["params"]
+    assert not torch.allclose(local["actor.weight0"], policy.state_dict()["actor.weight0"], atol=1e-6)
+
+
+def _sync_worker(rank, out_dir):
+    policy, exp = fixed_experience(slice(2 * rank, 2 * rank + 2))
+    torch.manual_seed(rank)
+    update(policy, exp, num_minibatches=4, update_epochs=3, target_kl=1e-4)
+    scaler = RewardScaler(2, 0.99)
+    scaler(np.random.default_rng(rank).normal(size=(T, 2)) * (rank + 1), np.zeros((T, 2)), np.ones((T, 2)))
+    gathered = distributed.all_gather_objects({"params": policy.state_dict(), "scaler": scaler.state_dict()})
+    if rank == 0:
+        torch.save(gathered, os.path.join(out_dir, "gathered.pt"))
+
+
+def test_after_an_update_every_process_holds_the_same_parameters_and_statistics(tmp_path):
+    spawn(_sync_worker, str(tmp_path))
+    first, second = torch.load(tmp_path / "gathered.pt", weights_only=True)
+    for part in ("params", "scaler"):
+        for name in first[part]:
+            assert torch.equal(first[part][name], second[part][name]), (part, name)
+    assert first["scaler"]["count"] > 2 * T  # both processes' returns, not one's
+
+
+def _checkpoint_worker(rank, run_dir):
+    config = small_fast_config()
+    config.seed = 5
+    torch.manual_seed(100 + rank)  # different weights per rank until the checkpoint is restored
+    policy, exp = fixed_experience(slice(2 * rank, 2 * rank + 2))
+    _, optimizer = update(policy, exp)
+    checkpointer = TrainingCheckpointer(run_dir)
+    save_checkpoint(checkpointer, config, policy, optimizer, epoch=3, agent_steps=3 * 128)
+    expected_rng = rng_state()["torch"]
+    torch.manual_seed(999)  # scramble what the restore must bring back
+    fresh = make_policy(AgentConfig(name="mlp"), OBS, spaces.Discrete(3))
+    fresh_optimizer = make_optimizer(fresh, config.trainer, torch.device("cpu"))
+
+    class Env:  # restore_checkpoint reseeds the envs and checks their spaces
+        single_observation_space, single_action_space = OBS, spaces.Discrete(3)
+
+        def reset(self, seed):
+            self.seed = seed
+
+    env = Env()
+    assert restore_checkpoint(checkpointer, config, fresh, fresh_optimizer, env) == (3, 3 * 128)
+    assert torch.equal(torch.get_rng_state(), expected_rng)  # this rank's own stream
+    assert env.seed == config.seed + 1_000_003 * rank + 104_729 * 3
+    gathered = distributed.all_gather_objects({"params": fresh.state_dict(), "optimizer": fresh_optimizer.state_dict(),
+                                               "saved": policy.state_dict()})
+    if rank == 0:
+        torch.save(gathered, os.path.join(run_dir, "gathered.pt"))
+
+
+def test_resume_gives_every_process_rank_0s_checkpoint_and_its_own_rng(tmp_path):
+    spawn(_checkpoint_worker, str(tmp_path))
+    first, second = torch.load(tmp_path / "gathered.pt", weights_only=True)
+    for name, saved in first["saved"].items():  # rank 0 wrote its own weights
+        assert torch.equal(first["params"][name], saved) and torch.equal(second["params"][name], saved), name
+    for key, state in first["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], second["optimizer"]["state"][key]["exp_avg"])
+    saved = torch.load(tmp_path / "trainer_state.pt", weights_only=True)
+    assert saved["world_size"] == 2 and len(saved["rank_rng"]) == 2
+
+
+def test_a_single_process_refuses_to_resume_a_two_process_run(tmp_path):
+    spawn(_checkpoint_worker, str(tmp_path))
+    config = small_fast_config()
+    config.seed = 5
+    config.log.run_root, config.experiment_name = os.path.split(str(tmp_path))
+    with pytest.raises(ConfigError, match="trained by 2 process\\(es\\), this run has 1: resume it with torchrun "
+                                          "--nproc_per_node 2"):
+        train.main(config)
+
+
+# ---- run-level: torchrun on train.py -------------------------------------------------------------
+
+def torchrun(run_root, *flags, nproc=2):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "train.py", "--preset", "small_fast", "--log.run-root", run_root, "--experiment-name", "run",
+               "--log.no-tensorboard", "--log.console-interval", "0", "--distributed-timeout", "60", *flags]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def read_episodes(run_dir):
+    with open(os.path.join(run_dir, "episodes.csv")) as f:
+        return [line.split(",") for line in f.read().splitlines()]
+
+
+def test_two_processes_learn_and_only_rank_0_writes_then_resume_continues(tmp_run_root):
+    run_dir = os.path.join(tmp_run_root, "run")
+    process = torchrun(tmp_run_root, "--trainer.total-timesteps", str(1024 * 24), "--checkpoint.interval", "8")
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err
+    lines = [line for line in out.splitlines() if "SPS" in line]
+    assert len(lines) == 24 and lines[-1].startswith("[100.0%] step 24,576/24,576")  # one line an epoch: rank 0's
+    rows = read_episodes(run_dir)
+    assert rows[0] == ["agent_steps", "seconds", "return", "length"] and rows.count(rows[0]) == 1
+    returns = [float(row[2]) for row in rows[1:]]
+    assert np.mean(returns[-20:]) > 2 * np.mean(returns[:20])  # it learns: CartPole returns grow
+    assert [r.epoch for r in PolicyStore(run_dir).records()] == [8, 16, 24]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        assert json.load(f)["agent_steps"] == 24 * 1024  # 2 processes x 16 envs x 32 steps an epoch
+
+    process = torchrun(tmp_run_root, "--resume", run_dir, "--trainer.total-timesteps", str(1024 * 28))
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err
+    assert out.count(f"resumed {run_dir} at epoch 24, 24,576 agent steps") == 1
+    assert [r.epoch for r in PolicyStore(run_dir).records()] == [8, 16, 24, 28]
+    steps = [int(row[0]) for row in read_episodes(run_dir)[1:]]
+    assert steps == sorted(steps) and steps[-1] == 28 * 1024
+
+
+def worker_pids(torchrun_pid):
+    """rank -> pid of the processes torchrun started."""
+    pids = {}
+    with open(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children") as f:
+        children = [int(pid) for pid in f.read().split()]
+    for pid in children:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        pids[int(env[b"RANK"])] = pid
+    return pids
+
+
+def wait_for_training(run_dir, process, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    path = os.path.join(run_dir, "episodes.csv")
+    while not (os.path.exists(path) and os.path.getsize(path) > 200):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_epoch_with_a_checkpoint(tmp_run_root):
+    run_dir = os.path.join(tmp_run_root, "run")
+    process = torchrun(tmp_run_root, "--trainer.total-timesteps", "100000000", "--checkpoint.interval", "100000")
+    wait_for_training(run_dir, process)
+    os.kill(worker_pids(process.pid)[1], signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "SIGTERM: finishing this epoch" in out
+    epoch = torch.load(os.path.join(run_dir, "trainer_state.pt"), weights_only=True)["epoch"]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        assert json.load(f)["agent_steps"] == epoch * 1024
+
+
+def test_a_process_killed_makes_the_other_exit_with_an_error(tmp_run_root):
+    run_dir = os.path.join(tmp_run_root, "run")
+    process = torchrun(tmp_run_root, "--trainer.total-timesteps", "100000000")
+    wait_for_training(run_dir, process)
+    start = time.monotonic()
+    os.kill(worker_pids(process.pid)[1], signal.SIGKILL)
+    out, err = process.communicate(timeout=90)
+    assert process.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "error: rank 0 of 2: " in err and "another rank has probably died" in err, err
