@@ -1,11 +1,15 @@
 """One process against two under torchrun: same global batch, same agent-step budget, side by side.
 
-Per task, each run a fresh process, one process and two alternating (the order flips every seed):
-  mettagrid  the `mettagrid` preset: 1 process x 16 simulations against 2 processes x 8 (64 agents
-             a step, 8192 samples an epoch, minibatches of 2048 over all processes, either way)
-  cartpole   the `small_fast` preset: 1 process x 16 envs against 2 processes x 8
+Per task, three layouts of one global batch (the preset's 16 environments x T steps an epoch,
+the same minibatches over all processes), each run a fresh process, in an order that rotates
+every seed:
+  1x16xT      one process, 16 envs, T-step rollouts (the preset as it is)
+  2x8xT       two processes of 8 envs each, T-step rollouts
+  2x16xT/2    two processes of 16 envs each, T/2-step rollouts (fewer, larger policy steps per process)
+  mettagrid  the `mettagrid` preset: T = 128, 16 simulations of 4 agents, 8192 samples an epoch
+  cartpole   the `small_fast` preset: T = 32, 512 samples an epoch
 
-    python train.py --preset P --env.num-envs 16 ...
+    python train.py --preset P ...
     python -m torch.distributed.run --standalone --nproc_per_node 2 train.py --preset P --env.num-envs 8 ...
 
 Reported per run: agent steps per second of the training loop (summary.json: the steps of all
@@ -36,19 +40,23 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # be
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
 
-TASKS = {  # name: (preset, env id, default agent steps, evaluation episodes)
-    "mettagrid": ("mettagrid", "mettagrid/hearts", 500_000, 16),
-    "cartpole": ("small_fast", "CartPole-v1", 150_000, 20),
+TASKS = {  # name: (preset, env id, rollout steps T, default agent steps, evaluation episodes)
+    "mettagrid": ("mettagrid", "mettagrid/hearts", 128, 500_000, 16),
+    "cartpole": ("small_fast", "CartPole-v1", 32, 150_000, 20),
 }
+LAYOUTS = {"1x16xT": (1, 16, 1), "2x8xT": (2, 8, 1), "2x16xT/2": (2, 16, 2)}  # processes, envs each, T divisor
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun sets for its workers (and says so), for both sides
 LAUNCH = {1: [sys.executable, "train.py"],
           2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py"]}
 
 
-def run(task: str, processes: int, seed: int, total: int, workdir: str) -> dict:
-    preset, env_id, _, episodes = TASKS[task]
-    name = f"{task}_{processes}p_seed{seed}"
+def run(task: str, layout: str, seed: int, total: int, workdir: str) -> dict:
+    preset, env_id, steps, _, episodes = TASKS[task]
+    processes, envs, divisor = LAYOUTS[layout]
+    name = f"{task}_{layout.replace('/', '_')}_seed{seed}"
     _, rss = run_process(LAUNCH[processes] + [
-        "--preset", preset, "--env.id", env_id, "--env.num-envs", str(16 // processes), "--seed", str(seed),
+        "--preset", preset, "--env.id", env_id, "--env.num-envs", str(envs), "--trainer.num-steps",
+        str(steps // divisor), "--seed", str(seed),
         "--trainer.total-timesteps", str(total), "--log.run-root", workdir, "--experiment-name", name,
         "--log.console-interval", "1e9", "--log.no-tensorboard"])
     run_dir = os.path.join(workdir, name)
@@ -64,33 +72,38 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--total-timesteps", type=int, default=None, help="default: 500k MettaGrid, 150k CartPole")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "distributed.json"))
     args = parser.parse_args()
 
-    table = []
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as workdir:
         for task in args.tasks:
-            total = args.total_timesteps or TASKS[task][2]
-            runs: dict[int, list[dict]] = {1: [], 2: []}
-            for seed in args.seeds:
-                for processes in ((1, 2) if seed % 2 else (2, 1)):
-                    result = run(task, processes, seed, total, workdir)
-                    runs[processes].append(result)
-                    print(f"{task} seed {seed}, {processes} process(es): {result['steps_per_second']:,.0f} agent-steps/s, "
+            total = args.total_timesteps or TASKS[task][3]
+            runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
+            for i, seed in enumerate(args.seeds):
+                order = list(LAYOUTS)[i % len(LAYOUTS):] + list(LAYOUTS)[:i % len(LAYOUTS)]
+                for layout in order:
+                    result = run(task, layout, seed, total, workdir)
+                    runs[layout].append({"seed": seed, **result})
+                    print(f"{task} seed {seed}, {layout}: {result['steps_per_second']:,.0f} agent-steps/s, "
                           f"reward {result['reward']:.2f}, peak RSS {result['rss']:.0f} MB", flush=True)
-            ratios = [two["steps_per_second"] / one["steps_per_second"] for one, two in zip(runs[1], runs[2])]
-            table.append((task, total, runs, statistics.median(ratios)))
+            results[task] = {"agent_steps": total, "runs": runs}
+    with open(args.out, "w") as f:
+        json.dump({"seeds": args.seeds, "tasks": results}, f, indent=2)
 
-    print(f"\nseeds {args.seeds}; medians over seeds\n")
-    print("| task | agent steps | processes | agent-steps/s | evaluated reward | peak RSS MB (largest process) |")
-    print("|---|---|---|---|---|---|")
-    for task, total, runs, _ in table:
-        for processes, results in runs.items():
-            median = {key: statistics.median(r[key] for r in results) for key in results[0]}
-            print(f"| {task} | {total:,} | {processes} | {median['steps_per_second']:,.0f} | {median['reward']:.2f} "
-                  f"| {median['rss']:.0f} |")
-    print()
-    for task, _, _, ratio in table:
-        print(f"{task}: 2 processes / 1, agent-steps/s, median of per-seed ratios: {ratio:.2f}x")
+    print(f"\nseeds {args.seeds}; medians over seeds; T = the preset's rollout length\n")
+    print("| task | agent steps | processes x envs x steps | agent-steps/s | vs 1 process | evaluated reward "
+          "| peak RSS MB (largest process) |")
+    print("|---|---|---|---|---|---|---|")
+    for task, result in results.items():
+        runs = result["runs"]
+        for layout, rows in runs.items():
+            ratio = statistics.median(row["steps_per_second"] / one["steps_per_second"]
+                                      for row, one in zip(rows, runs["1x16xT"]))
+            median = {key: statistics.median(row[key] for row in rows) for key in ("steps_per_second", "reward", "rss")}
+            print(f"| {task} | {result['agent_steps']:,} | {layout} | {median['steps_per_second']:,.0f} | {ratio:.2f}x "
+                  f"| {median['reward']:.2f} | {median['rss']:.0f} |")
+    print(f"\n(vs 1 process: median of per-seed ratios of agent-steps/s; results in {os.path.relpath(args.out, ROOT)})")
 
 
 if __name__ == "__main__":

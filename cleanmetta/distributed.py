@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -68,7 +68,11 @@ def init(device: torch.device, timeout_s: float) -> None:
 
 
 def close() -> None:
+    """Leave the process group, after every rank has reached this point: a rank that tore the group
+    down and exited while another was still writing its files sometimes aborted in C++ on the way
+    out (seen with gloo: 'terminate called without an active exception')."""
     if initialized():
+        _collective(dist.barrier)
         dist.destroy_process_group()
 
 
@@ -118,14 +122,17 @@ def average_gradients(params: list[torch.Tensor]) -> None:
         p.grad = g.view_as(p)
 
 
-def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) standard deviation of the values of `x` on all ranks together."""
-    x64 = x.detach().double()
-    sums = all_reduce(torch.stack([x64.new_tensor(x64.numel()), x64.sum(), x64.square().sum()]))
-    count, total, squares = sums.unbind()
+def mean_std(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation of each part, over its values on all ranks together
+    (part i of every rank pooled): two tensors of len(parts), from one all-reduce for all parts."""
+    sums = all_reduce(torch.stack([torch.stack([part.new_tensor(part.numel(), dtype=torch.float64),
+                                                part.double().sum(), part.double().square().sum()])
+                                   for part in parts]))
+    count, total, squares = sums.unbind(-1)
     mean = total / count
     var = ((squares - count * mean * mean) / (count - 1).clamp_min(1)).clamp_min(0)
-    return mean.to(x.dtype), var.sqrt().to(x.dtype)
+    dtype = parts[0].dtype
+    return mean.to(dtype), var.sqrt().to(dtype)
 
 
 def broadcast_module(module: torch.nn.Module) -> None:

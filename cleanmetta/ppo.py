@@ -155,14 +155,16 @@ class PPOOptimizer:
                                  f"{cfg.num_minibatches}; use fewer minibatches or longer rollouts")
         for _ in range(cfg.update_epochs):
             shuffled = batch.select(torch.randperm(n, device=self.device))  # one gather per epoch, then slices
-            for start, end in zip(edges[:-1], edges[1:]):
+            if global_adv_norm:  # torchrun: each minibatch's mean and std over all processes, one all-reduce
+                adv_mean, adv_std = distributed.mean_std([shuffled.advantages[start:end]
+                                                          for start, end in zip(edges[:-1], edges[1:])])
+            for i, (start, end) in enumerate(zip(edges[:-1], edges[1:])):
                 if start == end:  # fewer valid samples than minibatches
                     continue
                 mb = shuffled.select(slice(start, end))
                 advantages = mb.advantages
-                if global_adv_norm:  # torchrun: the mean and std of every process's minibatch
-                    mean, std = distributed.mean_std(advantages)
-                    advantages = (advantages - mean) / (std + 1e-8)
+                if global_adv_norm:
+                    advantages = (advantages - adv_mean[i]) / (adv_std[i] + 1e-8)
                 losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, advantages, mb.returns, mb.values,
                                              normalize_advantages=not global_adv_norm)
                 loss = losses.total_loss

@@ -23,11 +23,13 @@ import train
 from cleanmetta import distributed
 from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer, rng_state
 from cleanmetta.config import AgentConfig, ConfigError, PPOConfig, TrainerConfig, small_fast_config
+from cleanmetta.curriculum import make_curriculum
+from cleanmetta.envs import make_vecenv
 from cleanmetta.experience import Experience
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
-from cleanmetta.trainer import make_optimizer, restore_checkpoint, save_checkpoint
+from cleanmetta.trainer import functional_training_loop, make_optimizer, restore_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBS = spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -113,10 +115,14 @@ def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_pa
 def _sync_worker(rank, out_dir):
     policy, exp = fixed_experience(slice(2 * rank, 2 * rank + 2))
     torch.manual_seed(rank)
-    update(policy, exp, num_minibatches=4, update_epochs=3, target_kl=1e-4)
+    _, optimizer = update(policy, exp, num_minibatches=4, update_epochs=3, target_kl=1e-4)
     scaler = RewardScaler(2, 0.99)
     scaler(np.random.default_rng(rank).normal(size=(T, 2)) * (rank + 1), np.zeros((T, 2)), np.ones((T, 2)))
-    gathered = distributed.all_gather_objects({"params": policy.state_dict(), "scaler": scaler.state_dict()})
+    # Minibatch statistics for global advantage normalisation: part i pooled over the ranks.
+    mean, std = distributed.mean_std([torch.arange(5.0) * (rank + 1), torch.full((3,), float(rank))])
+    adam = {f"{i}.{name}": value for i, state in optimizer.state_dict()["state"].items() for name, value in state.items()}
+    gathered = distributed.all_gather_objects({"params": policy.state_dict(), "optimizer": adam,
+                                               "scaler": scaler.state_dict(), "moments": {"mean": mean, "std": std}})
     if rank == 0:
         torch.save(gathered, os.path.join(out_dir, "gathered.pt"))
 
@@ -124,10 +130,37 @@ def _sync_worker(rank, out_dir):
 def test_after_an_update_every_process_holds_the_same_parameters_and_statistics(tmp_path):
     spawn(_sync_worker, str(tmp_path))
     first, second = torch.load(tmp_path / "gathered.pt", weights_only=True)
-    for part in ("params", "scaler"):
+    assert len(first["optimizer"]) == 3 * len(first["params"])  # step, exp_avg, exp_avg_sq of each parameter
+    for part in ("params", "optimizer", "scaler", "moments"):
         for name in first[part]:
             assert torch.equal(first[part][name], second[part][name]), (part, name)
     assert first["scaler"]["count"] > 2 * T  # both processes' returns, not one's
+    pooled = [torch.cat([torch.arange(5.0), torch.arange(5.0) * 2]), torch.tensor([0.0, 0, 0, 1, 1, 1])]
+    torch.testing.assert_close(first["moments"]["mean"], torch.stack([x.mean() for x in pooled]))
+    torch.testing.assert_close(first["moments"]["std"], torch.stack([x.std() for x in pooled]))
+
+
+def _functional_worker(rank, run_root):
+    config = small_fast_config()
+    config.env.num_envs, config.trainer.total_timesteps = 8, 3 * 2 * 8 * 32  # 3 epochs of 2 processes
+    config.log.run_root, config.experiment_name, config.log.tensorboard = run_root, "functional", False
+    torch.manual_seed(rank)  # different initial weights: the loop must start every rank from rank 0's
+    vecenv = make_vecenv(config.env, config.seed)
+    policy = make_policy(config.agent, vecenv.single_observation_space, vecenv.single_action_space)
+    state = functional_training_loop(config, config.ppo, policy, make_curriculum(config.env, config.curriculum),
+                                     PolicyStore(os.path.join(run_root, "functional")))
+    gathered = distributed.all_gather_objects({"params": policy.state_dict(), "agent_steps": state.agent_steps})
+    if rank == 0:
+        torch.save(gathered, os.path.join(run_root, "gathered.pt"))
+
+
+def test_the_functional_loop_trains_one_policy_on_two_processes(tmp_path):
+    spawn(_functional_worker, str(tmp_path))
+    first, second = torch.load(tmp_path / "gathered.pt", weights_only=True)
+    assert first["agent_steps"] == second["agent_steps"] == 3 * 512
+    for name, value in first["params"].items():
+        assert torch.equal(value, second["params"][name]), name
+    assert [r.epoch for r in PolicyStore(str(tmp_path / "functional")).records()] == [3]
 
 
 def _checkpoint_worker(rank, run_dir):
