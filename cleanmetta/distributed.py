@@ -60,7 +60,10 @@ def is_main() -> bool:
 
 def init(device: torch.device, timeout_s: float) -> None:
     """Join torchrun's process group (rendezvous from its environment variables): NCCL for a GPU,
-    gloo for the CPU. A collective that waits longer than `timeout_s` fails instead of hanging."""
+    gloo for the CPU. A collective that waits longer than `timeout_s` fails instead of hanging.
+    Nothing to do without torchrun, or when this process has joined already."""
+    if not launched_by_torchrun() or initialized():
+        return
     if device.type == "cuda":
         torch.cuda.set_device(device)  # the objects' collectives (all_gather_object) use the current device
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",

@@ -133,7 +133,7 @@ class StatsLogger:
         returns, lengths = rollout_stats["episodic_return"], rollout_stats["episodic_length"]
         self.agent_steps = agent_steps
         seconds = self.elapsed
-        if self.episodes_file is not None:
+        if self.writes:
             for episode_return, length in zip(returns.tolist(), lengths.tolist()):
                 self.episodes_file.write(f"{agent_steps},{seconds:.3f},{episode_return:.6g},{length}\n")
         self.recent_returns.extend(returns.tolist())

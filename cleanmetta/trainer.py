@@ -66,9 +66,7 @@ def join_process_group(config: TrainingConfig) -> torch.device:
     """This process's device; under torchrun, also join the process group (NCCL on cuda:LOCAL_RANK,
     gloo on the CPU). Without torchrun: resolve_device(config.device), nothing else."""
     device = resolve_device(config.device)
-    if not distributed.launched_by_torchrun() or distributed.initialized():
-        return device
-    if device.type == "cuda":
+    if device.type == "cuda" and distributed.launched_by_torchrun():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     distributed.init(device, config.distributed_timeout)
     return device
@@ -344,13 +342,14 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
     `join_process_group(config)`'s device), trains from rank 0's weights, and reseeds each rank's
     RNG with `rank_seed(config)` before it builds the components. A custom step_fn that does not call
     default_training_step must call `state.stop.sync()` once per epoch for signals to stop all ranks.
+    The process stays in the group afterwards (for the caller's own collectives): leave it with
+    `distributed.close()` when done, as the examples do.
     """
     config.validate()
     torch.set_num_threads(config.torch_threads)
     step_fn = step_fn or default_training_step
     device = next(policy.parameters()).device
-    if distributed.launched_by_torchrun() and not distributed.initialized():
-        distributed.init(device, config.distributed_timeout)
+    distributed.init(device, config.distributed_timeout)  # torchrun: join the others (see the docstring)
     vecenv = make_vecenv(config.env, rank_seed(config), curriculum)
     experience = Experience.for_env(vecenv, config.trainer.num_steps, device)
     if distributed.world_size() > 1:  # torchrun: a sampling stream of its own for each rank (a resume restores it)

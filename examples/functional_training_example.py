@@ -57,6 +57,7 @@ def main() -> None:
     if distributed.is_main():  # torchrun: rank 0 saved the policies (into its own temporary run root)
         print(f"trained {state.agent_steps:,} agent steps in {state.epoch} epochs; "
               f"latest policy: {policy_store.latest().uri}")
+    distributed.close()  # torchrun: leave the process group (nothing to do in one process)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def main() -> None:
     if distributed.is_main():  # torchrun: rank 0 wrote the run directory
         print(f"{state.agent_steps:,} agent steps; run directory {run_dir} holds "
               f"{', '.join(sorted(os.listdir(run_dir)))}")
+    distributed.close()  # torchrun: leave the process group (nothing to do in one process)
 
 
 if __name__ == "__main__":
