@@ -56,12 +56,20 @@ TASKS = {
 def run_process(command: list[str]) -> tuple[float, float]:
     """Run `command`; return (wall seconds, peak RSS in MB) of that process alone."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{' '.join(command)} failed with status {status}")
-    return wall, usage.ru_maxrss / 1024  # ru_maxrss is in KB on Linux
+    (rss,) = run_processes([command])
+    return time.perf_counter() - start, rss
+
+
+def run_processes(commands: list[list[str]]) -> list[float]:
+    """Run the commands at once, from the repository root; return each one's peak RSS in MB."""
+    processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL) for command in commands]
+    peaks = []
+    for command, process in zip(commands, processes):
+        _, status, usage = os.wait4(process.pid, 0)
+        if status != 0:
+            raise RuntimeError(f"{' '.join(command)} failed with status {status}")
+        peaks.append(usage.ru_maxrss / 1024)  # ru_maxrss is in KB on Linux
+    return peaks
 
 
 def first_solved(episodes: list[tuple[int, float, float]], threshold: float = 475.0) -> tuple[int, float] | None:
@@ -72,8 +80,9 @@ def first_solved(episodes: list[tuple[int, float, float]], threshold: float = 47
     return None
 
 
-def run_cleanmetta(seed: int, total_timesteps: int | None, workdir: str, extra: list[str]) -> dict:
-    name = f"cleanmetta_seed{seed}"
+def run_cleanmetta(seed: int, total_timesteps: int | None, workdir: str, extra: list[str], label: str = "cleanmetta"
+                   ) -> dict:
+    name = f"{label}_seed{seed}"
     steps = [] if total_timesteps is None else ["--trainer.total-timesteps", str(total_timesteps)]
     wall, rss = run_process([sys.executable, "train.py", "--seed", str(seed), *steps, "--log.run-root", workdir,
                              "--experiment-name", name, "--log.console-interval", "1e9", *extra])

@@ -6,6 +6,10 @@ every seed:
   1x16xT      one process, 16 envs, T-step rollouts (the preset as it is)
   2x8xT       two processes of 8 envs each, T-step rollouts
   2x16xT/2    two processes of 16 envs each, T/2-step rollouts (fewer, larger policy steps per process)
+  2x8xT apart two independent `python train.py` runs at once, 8 envs and half the budget each: the
+              same work per process as 2x8xT without any synchronisation, the ceiling for torchrun
+              here (its steps/s is the sum of both; its reward the mean of two policies that each
+              saw half the steps, so not comparable)
   mettagrid  the `mettagrid` preset: T = 128, 16 simulations of 4 agents, 8192 samples an epoch
   cartpole   the `small_fast` preset: T = 32, 512 samples an epoch
 
@@ -33,18 +37,20 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-from compare import run_process  # noqa: E402  (this folder is first on sys.path)
+from compare import run_process, run_processes  # noqa: E402  (this folder is first on sys.path)
 
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # benchmarks/mettagrid.py: not the package
 
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
+from cleanmetta.trainer import RANK_SEED_STRIDE  # noqa: E402
 
 TASKS = {  # name: (preset, env id, rollout steps T, default agent steps, evaluation episodes)
     "mettagrid": ("mettagrid", "mettagrid/hearts", 128, 500_000, 16),
     "cartpole": ("small_fast", "CartPole-v1", 32, 150_000, 20),
 }
-LAYOUTS = {"1x16xT": (1, 16, 1), "2x8xT": (2, 8, 1), "2x16xT/2": (2, 16, 2)}  # processes, envs each, T divisor
+LAYOUTS = {"1x16xT": (1, 16, 1), "2x8xT": (2, 8, 1), "2x16xT/2": (2, 16, 2),  # processes, envs each, T divisor
+           "2x8xT apart": (2, 8, 1)}
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun sets for its workers (and says so), for both sides
 LAUNCH = {1: [sys.executable, "train.py"],
           2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py"]}
@@ -53,18 +59,31 @@ LAUNCH = {1: [sys.executable, "train.py"],
 def run(task: str, layout: str, seed: int, total: int, workdir: str) -> dict:
     preset, env_id, steps, _, episodes = TASKS[task]
     processes, envs, divisor = LAYOUTS[layout]
-    name = f"{task}_{layout.replace('/', '_')}_seed{seed}"
-    _, rss = run_process(LAUNCH[processes] + [
-        "--preset", preset, "--env.id", env_id, "--env.num-envs", str(envs), "--trainer.num-steps",
-        str(steps // divisor), "--seed", str(seed),
-        "--trainer.total-timesteps", str(total), "--log.run-root", workdir, "--experiment-name", name,
-        "--log.console-interval", "1e9", "--log.no-tensorboard"])
-    run_dir = os.path.join(workdir, name)
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
+    name = f"{task}_{layout.replace('/', '_').replace(' ', '_')}_seed{seed}"
+
+    def command(seed: int, total: int, name: str, processes: int) -> list[str]:
+        return LAUNCH[processes] + [
+            "--preset", preset, "--env.id", env_id, "--env.num-envs", str(envs), "--trainer.num-steps",
+            str(steps // divisor), "--seed", str(seed), "--trainer.total-timesteps", str(total),
+            "--log.run-root", workdir, "--experiment-name", name, "--log.console-interval", "1e9",
+            "--log.no-tensorboard"]
+
+    if layout.endswith("apart"):  # two single-process runs at once, seeds apart as torchrun's ranks are
+        names = [f"{name}_{i}" for i in range(processes)]
+        rss = max(run_processes([command(seed + i * RANK_SEED_STRIDE, total // processes, names[i], 1)
+                                 for i in range(processes)]))
+    else:
+        names = [name]
+        _, rss = run_process(command(seed, total, name, processes))
     evaluator = PolicyEvaluator([Simulation(task, env_id, episodes=episodes, seed=12345)])
-    reward = evaluator.evaluate(PolicyStore(run_dir).latest().policy)[task].mean_return
-    return {"steps_per_second": summary["agent_steps"] / summary["seconds"], "reward": reward, "rss": rss}
+    steps_per_second, rewards = 0.0, []
+    for run_name in names:
+        run_dir = os.path.join(workdir, run_name)
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        steps_per_second += summary["agent_steps"] / summary["seconds"]
+        rewards.append(evaluator.evaluate(PolicyStore(run_dir).latest().policy)[task].mean_return)
+    return {"steps_per_second": steps_per_second, "reward": statistics.fmean(rewards), "rss": rss}
 
 
 def main() -> None:
