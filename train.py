@@ -54,7 +54,8 @@ def main(config: TrainingConfig) -> dict:
     policy = make_policy(config.agent, vecenv.single_observation_space, vecenv.single_action_space).to(device)
     distributed.broadcast_module(policy)  # torchrun: every rank starts from rank 0's weights
     optimizer = make_optimizer(policy, config.trainer, device)
-    experience = Experience.for_env(vecenv, config.trainer.num_steps, device)
+    experience = Experience.for_env(vecenv, config.trainer.num_steps, device, config.agent.lstm_size,
+                                    config.trainer.bptt_horizon)
     checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir))
     reward_scaler = make_reward_scaler(config, vecenv)  # None unless ppo.normalize_reward
     epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler)

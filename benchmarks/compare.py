@@ -72,6 +72,12 @@ def run_processes(commands: list[list[str]]) -> list[float]:
     return peaks
 
 
+def rotated(items: list, i: int) -> list:
+    """`items` started at position i (mod len): the run order for the i-th seed, so that no contender
+    always runs first or last while the machine's speed drifts."""
+    return items[i % len(items):] + items[:i % len(items)]
+
+
 def first_solved(episodes: list[tuple[int, float, float]], threshold: float = 475.0) -> tuple[int, float] | None:
     """(agent step, seconds) at which the mean of the last 20 episode returns first reaches `threshold`."""
     for i in range(19, len(episodes)):

@@ -37,7 +37,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-from compare import run_process, run_processes  # noqa: E402  (this folder is first on sys.path)
+from compare import rotated, run_process, run_processes  # noqa: E402  (this folder is first on sys.path)
 
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # benchmarks/mettagrid.py: not the package
 
@@ -100,8 +100,7 @@ def main() -> None:
             total = args.total_timesteps or TASKS[task][3]
             runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
             for i, seed in enumerate(args.seeds):
-                order = list(LAYOUTS)[i % len(LAYOUTS):] + list(LAYOUTS)[:i % len(LAYOUTS)]
-                for layout in order:
+                for layout in rotated(list(LAYOUTS), i):
                     result = run(task, layout, seed, total, workdir)
                     runs[layout].append({"seed": seed, **result})
                     print(f"{task} seed {seed}, {layout}: {result['steps_per_second']:,.0f} agent-steps/s, "

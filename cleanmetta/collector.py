@@ -11,6 +11,12 @@ Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that e
 its action is ignored and its transition joins two episodes, so it is stored with valid = 0 and
 never trained on.
 
+A recurrent policy (policy.recurrent) gets each agent's LSTM state from the previous step, carried
+across rollouts, and `first` marking the observations that begin an episode (the one after an
+autoreset step, and every agent's first): the policy zeroes their state, so a new episode's first
+real step sees a fresh state whatever the autoreset step did. The buffer keeps `first` and the
+state at every segment start for the update's replay.
+
 Under torchrun each process collects its own rollout; `collect()` then gathers the finished
 episodes of every process (one collective per rollout) and counts the agent steps of all of them,
 so that the loop's step count and statistics are global on every process.
@@ -63,6 +69,16 @@ class RolloutCollector:
         self.episode_return = np.zeros(B, np.float64)
         self.episode_length = np.zeros(B, np.int64)
 
+        # Recurrent policies: the LSTM state [B, lstm_size] x 2, and which observations begin an episode.
+        self.recurrent = getattr(policy, "recurrent", False)
+        if self.recurrent:
+            if experience.lstm_size != policy.lstm_size:
+                raise ValueError(f"the policy's LSTM has {policy.lstm_size} units but the experience stores "
+                                 f"{experience.lstm_size}; build it with Experience.for_env(..., lstm_size="
+                                 "policy.lstm_size)")
+            self.state = policy.initial_state(B, self.device)
+            self.first = np.ones(B, bool)
+
         pin = self.device.type == "cuda"
         self.obs_host = torch.empty(experience.obs.shape[1:], dtype=experience.obs.dtype, pin_memory=pin)
         obs, _ = vecenv.reset()
@@ -82,7 +98,14 @@ class RolloutCollector:
         episode_stats: dict[str, list] = {}
         for t in range(exp.num_steps):
             obs = self.next_obs
-            action, logprob, value = self.policy.sample(obs)
+            if self.recurrent:  # the LSTM state in and out; zeroed where an episode begins
+                first = torch.from_numpy(self.first).to(self.device, non_blocking=True)
+                if t % exp.bptt_horizon == 0:  # a segment starts: keep the state the update replays from
+                    exp.lstm_h[t // exp.bptt_horizon], exp.lstm_c[t // exp.bptt_horizon] = self.state
+                exp.first[t] = first
+                action, logprob, value, self.state = self.policy.sample(obs, self.state, first)
+            else:
+                action, logprob, value = self.policy.sample(obs)
             exp.obs[t] = obs
             exp.actions[t] = action
             exp.logprobs[t] = logprob
@@ -110,12 +133,18 @@ class RolloutCollector:
                     episode_stats.setdefault(name, []).extend(values)
                 self.episode_return[done] = 0.0
                 self.episode_length[done] = 0
+            if self.recurrent:
+                self.first = self.prev_done  # after this autoreset step comes a new episode's first observation
             self.prev_done = done
             self.next_obs = self._obs_to_device(next_obs)
 
         if value is None:  # the policy left the values to one batched pass over the rollout
             exp.values.copy_(self.policy.get_value(exp.obs.flatten(0, 1)).view_as(exp.values))
-        exp.last_value.copy_(self.policy.get_value(self.next_obs))
+        if self.recurrent:  # the bootstrap value continues each agent's memory
+            first = torch.from_numpy(self.first).to(self.device)
+            exp.last_value.copy_(self.policy.step(self.next_obs, self.state, first)[1])
+        else:
+            exp.last_value.copy_(self.policy.get_value(self.next_obs))
         rewards = self.rewards
         if self.reward_scaler is not None:
             rewards = self.reward_scaler(self.rewards, self.dones, self.valid)

@@ -57,6 +57,8 @@ class AgentConfig:
     """width of the hidden layers (mlp, token) or of the dense layer after the convolutions (simple_cnn)."""
     normalize_obs: bool = False
     """mlp: standardise observations by their running mean and std, clipped to +-10 (saved with the policy)."""
+    lstm_size: int = 0
+    """units of an LSTM between the network's encoder and its actor and critic heads (0: no LSTM, feedforward)."""
 
 
 @dataclass
@@ -67,6 +69,9 @@ class TrainerConfig:
     """agent steps to train for (summed over all environments, agents and torchrun processes)."""
     num_steps: int = 128
     """steps each environment runs per rollout; batch size = num_steps x agents."""
+    bptt_horizon: int = 0
+    """with an LSTM (agent.lstm_size): steps per training segment; each agent's rollout is cut into
+    num_steps / bptt_horizon segments, and minibatches are whole segments (0: the whole rollout)."""
     learning_rate: float = 2.5e-4
     """Adam learning rate at the start of training."""
     anneal_lr: bool = True
@@ -253,6 +258,7 @@ class TrainingConfig:
         check(self.agent.name in typing.get_args(NetworkName), "agent.name", self.agent.name,
               f"is not a known network; choose one of {networks} or 'auto'")
         check(self.agent.hidden_size >= 1, "agent.hidden_size", self.agent.hidden_size, "must be >= 1")
+        check(self.agent.lstm_size >= 0, "agent.lstm_size", self.agent.lstm_size, "must be >= 0 (0: no LSTM)")
         check(not self.agent.normalize_obs or self.agent.name in ("mlp", "auto"), "agent.normalize_obs", True,
               f"is for agent.name='mlp' (vector observations), not {self.agent.name!r}; drop the flag")
 
@@ -267,11 +273,22 @@ class TrainingConfig:
         check(0 <= ppo.gae_lambda <= 1, "ppo.gae_lambda", ppo.gae_lambda, "must be in [0, 1]")
         check(ppo.update_epochs >= 1, "ppo.update_epochs", ppo.update_epochs, "must be >= 1")
         check(ppo.num_minibatches >= 1, "ppo.num_minibatches", ppo.num_minibatches, "must be >= 1")
-        rollout = env.num_envs * trainer.num_steps
-        if ppo.num_minibatches >= 1 and env.num_envs >= 1 and trainer.num_steps >= 1:
-            check(rollout % ppo.num_minibatches == 0, "ppo.num_minibatches", ppo.num_minibatches,
-                  f"must divide the batch size env.num_envs x trainer.num_steps = {rollout}; "
-                  f"pick a divisor such as {_nearest_divisors(rollout, ppo.num_minibatches)}")
+        check(trainer.bptt_horizon >= 0, "trainer.bptt_horizon", trainer.bptt_horizon, "must be >= 0")
+        check(trainer.bptt_horizon == 0 or self.agent.lstm_size > 0, "trainer.bptt_horizon", trainer.bptt_horizon,
+              "is for recurrent policies; set agent.lstm_size too, or drop the flag")
+        horizon = trainer.bptt_horizon or trainer.num_steps
+        if self.agent.lstm_size > 0 and horizon >= 1 and trainer.num_steps >= 1:
+            check(trainer.num_steps % horizon == 0, "trainer.bptt_horizon", trainer.bptt_horizon,
+                  f"must divide trainer.num_steps={trainer.num_steps}")
+        if ppo.num_minibatches >= 1 and env.num_envs >= 1 and horizon >= 1 and trainer.num_steps % horizon == 0:
+            if self.agent.lstm_size > 0:  # minibatches of whole segments
+                units, what = env.num_envs * (trainer.num_steps // horizon), ("the number of segments env.num_envs x "
+                                                                             "trainer.num_steps / bptt_horizon")
+            else:
+                units, what = env.num_envs * trainer.num_steps, "the batch size env.num_envs x trainer.num_steps"
+            check(units % ppo.num_minibatches == 0, "ppo.num_minibatches", ppo.num_minibatches,
+                  f"must divide {what} = {units}; pick a divisor such as "
+                  f"{_nearest_divisors(units, ppo.num_minibatches)}")
         positive("ppo.clip_coef", ppo.clip_coef)
         non_negative("ppo.ent_coef", ppo.ent_coef)
         non_negative("ppo.vf_coef", ppo.vf_coef)
@@ -444,6 +461,29 @@ def mettagrid_config() -> TrainingConfig:
     )
 
 
+def cartpole_lstm_config() -> TrainingConfig:
+    """A memory task: CartPole without its velocities (CartPoleNoVel-v1), an LSTM of 64 units on the
+    mlp network, with rl-zoo's RecurrentPPO settings for this task: 8 envs x 32 steps, one minibatch
+    x 20 epochs, lr 1e-3 annealed, gamma 0.98, GAE lambda 0.8, no entropy bonus, observations
+    normalised, 100k steps. Without the LSTM (--agent.lstm-size 0) the policy cannot see velocities.
+    """
+    return TrainingConfig(
+        env=EnvConfig(id="CartPoleNoVel-v1", num_envs=8),
+        agent=AgentConfig(name="mlp", normalize_obs=True, lstm_size=64),
+        trainer=TrainerConfig(total_timesteps=100_000, num_steps=32, learning_rate=1e-3),
+        ppo=PPOConfig(num_minibatches=1, update_epochs=20, gamma=0.98, gae_lambda=0.8, ent_coef=0.0),
+    )
+
+
+def mettagrid_lstm_config() -> TrainingConfig:
+    """The `mettagrid` preset with an LSTM of 64 units after the token encoder, trained on segments of
+    32 steps (4 per rollout), as Metta's agents are: MettaGrid agents see only a window around them."""
+    config = mettagrid_config()
+    config.agent.lstm_size, config.trainer.bptt_horizon = 64, 32
+    return config
+
+
 PRESETS = {"default": TrainingConfig, "small_fast": small_fast_config, "continuous": continuous_config,
-           "mettagrid": mettagrid_config}
+           "mettagrid": mettagrid_config, "mettagrid_lstm": mettagrid_lstm_config,
+           "cartpole_lstm": cartpole_lstm_config}
 """Named starting points for `python train.py --preset NAME`."""

@@ -14,6 +14,10 @@ gymnasium's native vector env where the id has one. With more than one task each
 MettaGrid extra) build cleanmetta.mettagrid_env's vector env, which follows the same contract with
 one batch row per agent.
 
+`CartPoleNoVel-v1` (registered here) is CartPole-v1 without its two velocity observations: only
+the cart's position and the pole's angle are seen, so a policy must remember past observations to
+balance the pole (the standard test of recurrent RL). It keeps CartPole's native vector env.
+
 This module owns env construction and the autoreset check (spaces: spaces.py; tasks:
 curriculum.py); stepping is the collector's job.
 """
@@ -21,6 +25,8 @@ curriculum.py); stepping is the collector's job.
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv, CartPoleVectorEnv
 from gymnasium.vector import AutoresetMode
 
 from cleanmetta import mettagrid_env
@@ -71,6 +77,30 @@ class CurriculumEnv(gym.Env):
     def close(self):
         for env in self.envs:
             env.close()
+
+
+POSITIONS = [0, 2]  # CartPole's observation: cart position, cart velocity, pole angle, pole angular velocity
+
+
+def _positions_only(space: gym.spaces.Box) -> gym.spaces.Box:
+    return gym.spaces.Box(space.low[..., POSITIONS], space.high[..., POSITIONS], dtype=space.dtype)
+
+
+def cartpole_no_velocity(**kwargs) -> gym.Env:
+    env = CartPoleEnv(**kwargs)
+    return gym.wrappers.TransformObservation(env, lambda obs: obs[POSITIONS], _positions_only(env.observation_space))
+
+
+def cartpole_no_velocity_vector(num_envs: int, **kwargs) -> gym.vector.VectorEnv:
+    env = CartPoleVectorEnv(num_envs, **{"max_episode_steps": 500, **kwargs})
+    return gym.wrappers.vector.TransformObservation(env, lambda obs: np.ascontiguousarray(obs[:, POSITIONS]),
+                                                    _positions_only(env.observation_space),
+                                                    _positions_only(env.single_observation_space))
+
+
+if "CartPoleNoVel-v1" not in gym.registry:
+    gym.register("CartPoleNoVel-v1", entry_point=cartpole_no_velocity, vector_entry_point=cartpole_no_velocity_vector,
+                 max_episode_steps=500, reward_threshold=475.0)
 
 
 def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None = None) -> gym.vector.VectorEnv:

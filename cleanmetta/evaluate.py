@@ -3,7 +3,8 @@
 A simulation is a task (gymnasium id + kwargs), an episode count and a seed. Evaluation runs one
 environment copy per episode, each for exactly one episode (so short episodes are not
 over-counted), with its own seeded RNG for the policy's sampling: the same policy and seed give
-the same scores, and the training run's RNG stream is left untouched.
+the same scores, and the training run's RNG stream is left untouched. A recurrent policy's LSTM
+state is carried per environment from a zero state at the episode's start.
 
 From the command line, for the latest (or a chosen) policy of a run:
 
@@ -80,9 +81,15 @@ class PolicyEvaluator:
             torch.manual_seed(sim.seed)
             obs, _ = vecenv.reset()
             shape = vecenv.action_space.shape
+            # A recurrent policy carries each env's LSTM state; one episode per env, so it starts at zero.
+            state = policy.initial_state(vecenv.num_envs, self.device) if getattr(policy, "recurrent", False) else None
             while running.any():
                 obs_t = torch.as_tensor(obs, device=self.device)
-                action = policy.act(obs_t, self.deterministic).cpu().numpy().reshape(shape)
+                if state is None:
+                    action = policy.act(obs_t, self.deterministic)
+                else:
+                    action, state = policy.act(obs_t, self.deterministic, state)
+                action = action.cpu().numpy().reshape(shape)
                 obs, reward, terminated, truncated, _ = vecenv.step(action)
                 returns += reward * running
                 lengths += running

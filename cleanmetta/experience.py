@@ -8,6 +8,14 @@ observation the policy saw, what it did, and what the environment answered:
     rewards[t], terminals[t], dones[t]            the env's answer (dones = terminated or truncated)
     valid[t]                                      0 on autoreset steps (see envs.py): never trained on
 
+For a recurrent policy (`lstm_size > 0`) it also keeps what the update needs to replay the LSTM:
+each agent's rollout is cut into segments of `bptt_horizon` steps, and
+
+    first[t]                                      1 where obs[t] begins an episode (the LSTM state is zeroed)
+    lstm_h[k], lstm_c[k]                          the state at the start of segment k (step k * bptt_horizon)
+
+`batch()` then gives whole segments instead of flat samples (see Batch).
+
 This module owns storage, GAE and batching; filling the buffer is the collector's job.
 """
 
@@ -21,7 +29,9 @@ from gymnasium import spaces
 
 
 class Batch(NamedTuple):
-    """Flat training samples `[N, ...]`: the valid transitions of one rollout."""
+    """Training samples: flat `[N, ...]`, the valid transitions of one rollout; or, for a recurrent
+    policy, segments `[S, L, ...]` (S = agents x segments per agent, L = bptt_horizon) with the
+    fields below them set: every step of each segment, and `mask` saying which ones to train on."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -30,10 +40,19 @@ class Batch(NamedTuple):
     rewards: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    mask: torch.Tensor | None = None    # [S, L] 1 on valid steps, 0 on autoreset steps
+    first: torch.Tensor | None = None   # [S, L] 1 where an episode begins
+    lstm_h: torch.Tensor | None = None  # [S, lstm_size] the LSTM state at each segment's start
+    lstm_c: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor | slice) -> Batch:
-        """The samples at `index` (a gather for an index tensor, views for a slice)."""
-        return Batch(*(x[index] for x in self))
+        """The samples (segments) at `index` (a gather for an index tensor, views for a slice)."""
+        return Batch(*(None if x is None else x[index] for x in self))
+
+    def valid_steps(self) -> Batch:
+        """Segments' valid steps, flattened to samples [N, ...] (the segment fields dropped)."""
+        index = self.mask.flatten().nonzero().squeeze(-1)
+        return Batch(*(x.flatten(0, 1)[index] for x in self[:self._fields.index("mask")]))
 
 
 def action_layout(action_space: spaces.Space) -> tuple[tuple[int, ...], torch.dtype]:
@@ -53,8 +72,13 @@ class Experience:
         observation_space: spaces.Box,
         action_space: spaces.Space,
         device: torch.device | str = "cpu",
+        lstm_size: int = 0,
+        bptt_horizon: int = 0,
     ):
         self.num_steps, self.num_agents = num_steps, num_agents
+        self.lstm_size, self.bptt_horizon = lstm_size, bptt_horizon or num_steps
+        if lstm_size and num_steps % self.bptt_horizon:
+            raise ValueError(f"bptt_horizon={bptt_horizon} must divide num_steps={num_steps}")
         self.device = torch.device(device)
         T, B = num_steps, num_agents
         obs_dtype = torch.uint8 if observation_space.dtype == np.uint8 else torch.float32
@@ -74,11 +98,18 @@ class Experience:
         self.advantages = zeros(T, B)
         self.returns = zeros(T, B)
         self.last_value = zeros(B)  # value of the observation after step T-1, for bootstrapping
+        if lstm_size:
+            self.first = zeros(T, B)
+            self.lstm_h = zeros(T // self.bptt_horizon, B, lstm_size)
+            self.lstm_c = zeros(T // self.bptt_horizon, B, lstm_size)
 
     @classmethod
-    def for_env(cls, vecenv, num_steps: int, device: torch.device | str = "cpu") -> Experience:
-        """A buffer shaped for `vecenv`: one agent per sub-env, the per-agent spaces of its single_* spaces."""
-        return cls(num_steps, vecenv.num_envs, vecenv.single_observation_space, vecenv.single_action_space, device)
+    def for_env(cls, vecenv, num_steps: int, device: torch.device | str = "cpu", lstm_size: int = 0,
+                bptt_horizon: int = 0) -> Experience:
+        """A buffer shaped for `vecenv`: one agent per sub-env, the per-agent spaces of its single_* spaces.
+        For a recurrent policy pass its lstm_size (policy.lstm_size) and the segment length."""
+        return cls(num_steps, vecenv.num_envs, vecenv.single_observation_space, vecenv.single_action_space, device,
+                   lstm_size, bptt_horizon)
 
     @property
     def batch_size(self) -> int:
@@ -101,7 +132,10 @@ class Experience:
         torch.add(self.advantages, self.values, out=self.returns)
 
     def batch(self) -> Batch:
-        """The valid transitions, flattened to `[N, ...]` (autoreset steps dropped)."""
+        """The valid transitions, flattened to `[N, ...]` (autoreset steps dropped); with an LSTM, the
+        segments `[S, L, ...]`, segment k of agent b at row k * B + b, all steps kept (see Batch)."""
+        if self.lstm_size:
+            return self._segments()
         keep = self.valid.flatten().nonzero().squeeze(-1)
 
         def flat(x: torch.Tensor) -> torch.Tensor:
@@ -109,3 +143,13 @@ class Experience:
 
         return Batch(flat(self.obs), flat(self.actions), flat(self.logprobs), flat(self.values),
                      flat(self.rewards), flat(self.advantages), flat(self.returns))
+
+    def _segments(self) -> Batch:
+        K, L = self.num_steps // self.bptt_horizon, self.bptt_horizon
+
+        def cut(x: torch.Tensor) -> torch.Tensor:  # [T, B, ...] -> [K * B, L, ...]
+            return x.view(K, L, *x.shape[1:]).transpose(1, 2).flatten(0, 1)
+
+        return Batch(cut(self.obs), cut(self.actions), cut(self.logprobs), cut(self.values), cut(self.rewards),
+                     cut(self.advantages), cut(self.returns), cut(self.valid), cut(self.first),
+                     self.lstm_h.flatten(0, 1), self.lstm_c.flatten(0, 1))

@@ -13,6 +13,11 @@ picks one from the observation space, see `network_for`):
   observations.
 - "token": MettaGrid's token observations, encoded without drawing a grid.
 
+Each network is an encoder (`encode(obs) -> [B, encoder_size]`) and actor and critic heads
+(`decode(x) -> (distribution params, value)`). With `agent.lstm_size > 0`, `make_policy` puts an
+LSTM core between the two (`LSTMPolicy`): the policy then has memory, carried in a state that the
+caller passes in and gets back (see LSTMPolicy for the rollout, replay and evaluation calls).
+
 The action distributions are written out by hand rather than with torch.distributions: at a batch
 of a few environments the distribution objects cost more than the network itself.
 """
@@ -124,9 +129,14 @@ def make_head(action_space: spaces.Space) -> CategoricalHead | GaussianHead:
 
 
 class Policy(nn.Module):
-    """Actor-critic base: subclasses define `forward(obs) -> (distribution params, value [B])`."""
+    """Actor-critic base: subclasses define `encode(obs) -> features [B, encoder_size]` and
+    `decode(features) -> (distribution params, value [B])`, or override `forward(obs)` directly."""
 
     head: CategoricalHead | GaussianHead
+    recurrent = False  # True for LSTMPolicy, whose calls carry a state
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode(self.encode(obs))
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         return self(obs)[1]
@@ -181,33 +191,39 @@ class MLP(nn.Module):
 
 
 class MLPPolicy(Policy):
-    """Separate actor and critic MLPs over flattened observations (CleanRL's ppo.py network)."""
+    """Separate actor and critic MLPs over flattened observations (CleanRL's ppo.py network).
+
+    Its encoder is the flattening (and normalisation) alone: with an LSTM, the LSTM reads the
+    observations and both MLPs read the LSTM's output (`core_size` wide), as in sb3-contrib's
+    MlpLstmPolicy.
+    """
 
     def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 64,
-                 normalize_obs: bool = False):
+                 normalize_obs: bool = False, core_size: int | None = None):
         super().__init__()
         obs_dim = int(np.prod(observation_space.shape))
+        self.encoder_size = obs_dim
         self.obs_norm = ObservationNorm((obs_dim,)) if normalize_obs else None
         self.head = make_head(action_space)
-        self.actor = MLP([obs_dim, hidden_size, hidden_size, self.head.num_outputs], out_std=0.01)
-        self.critic = MLP([obs_dim, hidden_size, hidden_size, 1], out_std=1.0)
+        core_size = core_size or obs_dim
+        self.actor = MLP([core_size, hidden_size, hidden_size, self.head.num_outputs], out_std=0.01)
+        self.critic = MLP([core_size, hidden_size, hidden_size, 1], out_std=1.0)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.features(obs)
-        return self.actor.forward(x), self.critic.forward(x).squeeze(-1)
-
-    def features(self, obs: torch.Tensor) -> torch.Tensor:
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """The flat float input of both MLPs, normalised when agent.normalize_obs."""
         x = obs.float() if obs.dim() == 2 else obs.flatten(1).float()
         return x if self.obs_norm is None else self.obs_norm(x)
 
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor.forward(x), self.critic.forward(x).squeeze(-1)
+
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic.forward(self.features(obs)).squeeze(-1)
+        return self.critic.forward(self.encode(obs)).squeeze(-1)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         # The critic shares nothing with the actor, so the rollout runs the actor alone and the
         # collector evaluates the critic once on the whole rollout: +11% steps/s on CartPole.
-        params = self.actor.forward(self.features(obs))
+        params = self.actor.forward(self.encode(obs))
         action = self.head.sample(params)
         return action, self.head.log_prob(params, action), None
 
@@ -220,7 +236,8 @@ class CNNPolicy(Policy):
     Nature-DQN trunk (8x8/4, 4x4/2, 3x3/1); small grids get two padded 3x3 convolutions.
     """
 
-    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 512):
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 512,
+                 core_size: int | None = None):
         super().__init__()
         shape = observation_space.shape
         if len(shape) != 3:
@@ -240,16 +257,20 @@ class CNNPolicy(Policy):
         with torch.no_grad():
             flat = self.trunk(torch.zeros(1, channels, height, width)).shape[1]
         self.dense = layer_init(nn.Linear(flat, hidden_size))
+        self.encoder_size = hidden_size
         self.head = make_head(action_space)
-        self.actor = layer_init(nn.Linear(hidden_size, self.head.num_outputs), std=0.01)
-        self.critic = layer_init(nn.Linear(hidden_size, 1), std=1.0)
+        core_size = core_size or hidden_size
+        self.actor = layer_init(nn.Linear(core_size, self.head.num_outputs), std=0.01)
+        self.critic = layer_init(nn.Linear(core_size, 1), std=1.0)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float() * self.scale
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)
-        hidden = F.relu(self.dense(self.trunk(x)))
-        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+        return F.relu(self.dense(self.trunk(x)))
+
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor(x), self.critic(x).squeeze(-1)
 
 
 EMPTY_TOKEN = 0xFF  # the location byte of an unused token slot
@@ -270,7 +291,8 @@ class TokenPolicy(Policy):
     with one more tanh layer.
     """
 
-    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 64):
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 64,
+                 core_size: int | None = None):
         super().__init__()
         if len(observation_space.shape) != 2 or observation_space.shape[1] != 3 or observation_space.dtype != np.uint8:
             raise ValueError(f"token needs uint8 observations [num_tokens, 3], got {observation_space.shape} "
@@ -278,11 +300,13 @@ class TokenPolicy(Policy):
         num_features = int(observation_space.high[..., 1].max()) + 1
         # ~16 tokens of a window are filled: rows of std 1/4 sum to pre-activations of std ~1.
         self.table = nn.Parameter(torch.randn(num_features * 256, hidden_size) / 4)
+        self.encoder_size = hidden_size
         self.head = make_head(action_space)
-        self.actor = MLP([hidden_size, hidden_size, self.head.num_outputs], out_std=0.01)
-        self.critic = MLP([hidden_size, hidden_size, 1], out_std=1.0)
+        core_size = core_size or hidden_size
+        self.actor = MLP([core_size, hidden_size, self.head.num_outputs], out_std=0.01)
+        self.critic = MLP([core_size, hidden_size, 1], out_std=1.0)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
         filled = obs[..., 0] != EMPTY_TOKEN  # [B, num_tokens]
         # Skip the token columns that no agent of the batch filled (MettaGrid pads a window of a few
         # dozen tokens to num_tokens): -34% update time on the hearts task.
@@ -292,8 +316,142 @@ class TokenPolicy(Policy):
         filled = filled[:, :width]
         rows = (feature * 256 + loc) * filled  # empty tokens point at row 0 with weight 0
         weights = torch.log1p(value.float()) * filled
-        hidden = torch.tanh(F.embedding_bag(rows, self.table, per_sample_weights=weights, mode="sum"))
-        return self.actor.forward(hidden), self.critic.forward(hidden).squeeze(-1)
+        return torch.tanh(F.embedding_bag(rows, self.table, per_sample_weights=weights, mode="sum"))
+
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor.forward(x), self.critic.forward(x).squeeze(-1)
+
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [B, lstm_size]
+
+
+class LSTMPolicy(Policy):
+    """A network's encoder -> LSTM -> its actor and critic heads: a policy with memory.
+
+    The LSTM's state (h, c) is per agent, passed in and returned, never kept on the module:
+        state = policy.initial_state(num_agents, device)               # zeros
+        action, logprob, value, state = policy.sample(obs, state, first)  # the rollout, one step
+        action, state = policy.act(obs, deterministic, state)          # evaluation, one step
+        core = policy.unroll(obs, first, state)                        # the update: [S, L, ...] segments
+    `first` [B] (or [S, L]) marks observations that begin an episode: the state they see is zeroed.
+    Feedforward calls (forward, get_action_and_value, get_value) read from a zero state.
+    """
+
+    recurrent = True
+
+    def __init__(self, net: Policy, lstm_size: int):
+        super().__init__()
+        self.net, self.head, self.lstm_size = net, net.head, lstm_size
+        self.lstm = nn.LSTM(net.encoder_size, lstm_size)
+        for name, param in self.lstm.named_parameters():  # CleanRL's LSTM initialisation
+            if "weight" in name:
+                nn.init.orthogonal_(param, 1.0)
+            else:
+                nn.init.constant_(param, 0.0)
+
+    @property
+    def obs_norm(self) -> ObservationNorm | None:
+        return self.net.obs_norm
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> LSTMState:
+        zeros = torch.zeros(batch_size, self.lstm_size, device=device)
+        return zeros, zeros.clone()
+
+    def step(self, obs: torch.Tensor, state: LSTMState, first: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
+        """One step of every agent: (distribution params, value [B], next state)."""
+        h, c = state
+        if first is not None:  # new episodes start from a zero state
+            keep = (~first.bool()).unsqueeze(-1).to(h.dtype)
+            h, c = h * keep, c * keep
+        lstm = self.lstm  # one cell step of the same weights, without nn.LSTM's per-call overhead
+        h, c = torch.lstm_cell(self.net.encode(obs), (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
+                               lstm.bias_hh_l0)
+        params, value = self.net.decode(h)
+        return params, value, (h, c)
+
+    def unroll(self, obs: torch.Tensor, first: torch.Tensor, state: LSTMState) -> torch.Tensor:
+        """The LSTM's outputs [S, L, lstm_size] over S segments of L steps (obs [S, L, ...]) from their
+        start states (state: [S, lstm_size] each), the state zeroed before every step that begins an
+        episode (first [S, L]).
+
+        nn.LSTM cannot reset part of its batch mid-sequence, so the segments are cut at episode starts
+        into pieces, each starting from its segment's state or from zeros; the pieces, padded to the
+        longest, go through one nn.LSTM call (one fused kernel instead of a Python loop over steps,
+        ~3x faster on CPU) and the outputs are put back in place. Padding comes after a piece's
+        steps, so it changes none of their outputs.
+        """
+        S, L = first.shape
+        x = self.net.encode(obs.flatten(0, 1))                          # [S * L, encoder_size]
+        first = first.bool()
+        keep = (~first[:, 0]).unsqueeze(-1).to(x.dtype)
+        if not first[:, 1:].any():  # no episode begins inside a segment (most minibatches, once episodes are long)
+            h, c = (state[0] * keep).unsqueeze(0), (state[1] * keep).unsqueeze(0)
+            out, _ = self.lstm(x.view(S, L, -1).transpose(0, 1), (h, c))
+            return out.transpose(0, 1)
+        starts = first.clone()
+        starts[:, 0] = True                                              # every segment starts a piece
+        starts = starts.flatten()
+        piece = starts.cumsum(0) - 1                                     # [S * L] the piece of each step
+        begins = starts.nonzero().flatten()                              # [P] where each piece begins
+        position = torch.arange(S * L, device=x.device) - begins[piece]  # the step's place in its piece
+        padded = x.new_zeros(int(position.max()) + 1, len(begins), x.shape[-1])
+        padded = padded.index_put((position, piece), x)                  # [longest piece, P, encoder_size]
+        # A piece that begins an episode starts from zeros, one that begins a segment from its stored state.
+        keep = (~first.flatten()[begins]).unsqueeze(-1).to(x.dtype)
+        segment = begins // L
+        h, c = (state[0][segment] * keep).unsqueeze(0), (state[1][segment] * keep).unsqueeze(0)
+        out, _ = self.lstm(padded, (h, c))
+        return out[position, piece].view(S, L, -1)
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:  # a single step from a zero state
+        return self.step(obs, self.initial_state(obs.shape[0], obs.device))[2][0]
+
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.decode(x)
+
+    def sample(self, obs: torch.Tensor, state: LSTMState | None = None, first: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LSTMState]:
+        """The rollout's per-step call: action [B, A], log-probability [B], value [B], next state."""
+        state = state if state is not None else self.initial_state(obs.shape[0], obs.device)
+        params, value, state = self.step(obs, state, first)
+        action = self.head.sample(params)
+        return action, self.head.log_prob(params, action), value, state
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False, state: LSTMState | None = None
+            ) -> tuple[torch.Tensor, LSTMState]:
+        """Actions and the next state."""
+        state = state if state is not None else self.initial_state(obs.shape[0], obs.device)
+        params, _, state = self.step(obs, state)
+        return (self.head.mode(params) if deterministic else self.head.sample(params)), state
+
+
+class SegmentReplay(Policy):
+    """A recurrent policy replayed over one minibatch of segments, seen as a feedforward policy of the
+    minibatch's valid steps.
+
+    The update runs the LSTM once over the segments (all their steps, so that each sequence stays
+    contiguous) and keeps the outputs of the valid steps (segments.mask), flattened in the order of
+    `segments.valid_steps()`, whose observations `obs` are. `self(obs)`, `get_action_and_value(obs,
+    actions)` and `get_value(obs)` answer for those steps. This is what the PPO loss and custom
+    losses receive as `policy`, so a loss written for feedforward policies works unchanged. They
+    may pass only this minibatch's `obs`: the outputs are the LSTM's over its segments, not a
+    function of obs alone.
+    """
+
+    def __init__(self, policy: LSTMPolicy, segments, obs: torch.Tensor | None = None):
+        super().__init__()
+        self.recurrent_policy = [policy]  # a list: not a submodule (parameters() stays empty)
+        self.head = policy.head
+        self.obs = obs if obs is not None else segments.valid_steps().obs
+        core = policy.unroll(segments.obs, segments.first, (segments.lstm_h, segments.lstm_c))
+        self.core = core.flatten(0, 1)[segments.mask.flatten().nonzero().squeeze(-1)]  # [N, lstm_size]
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if obs is not self.obs and not (obs.shape == self.obs.shape and torch.equal(obs, self.obs)):
+            raise ValueError("a recurrent policy in the update answers only for its minibatch's own observations "
+                             "(the obs passed to the loss); to run it on others, call LSTMPolicy.unroll")
+        return self.recurrent_policy[0].decode(self.core)
 
 
 POLICIES: dict[str, type[Policy]] = {"mlp": MLPPolicy, "simple_cnn": CNNPolicy, "token": TokenPolicy}
@@ -320,7 +478,11 @@ def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, acti
         raise ConfigError(f"agent.normalize_obs is for the mlp network, not {name!r} (agent.name="
                           f"{agent_config.name!r}); drop the flag")
     kwargs = {"normalize_obs": True} if agent_config.normalize_obs else {}
+    if agent_config.lstm_size:  # the heads read the LSTM's output
+        kwargs["core_size"] = agent_config.lstm_size
     policy = POLICIES[name](observation_space, action_space, agent_config.hidden_size, **kwargs)
+    if agent_config.lstm_size:
+        policy = LSTMPolicy(policy, agent_config.lstm_size)
     # What a checkpoint needs to rebuild this network (see checkpoint.py).
     policy.spec = {"agent": dataclasses.asdict(agent_config), "observation_space": space_to_dict(observation_space),
                    "action_space": space_to_dict(action_space)}

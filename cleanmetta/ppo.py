@@ -9,6 +9,13 @@ to the PPO loss on each minibatch. A custom loss is any callable
 over the minibatch (values are the rollout's value estimates, advantages the raw GAE advantages);
 its value is reported under its `__name__`.
 
+Recurrent policies (policy.LSTMPolicy): the batch is whole segments (experience.py); each minibatch
+of segments is replayed through the LSTM from the segments' stored start states, and the losses
+see its valid steps only, flattened as for a feedforward policy. The PPO loss and custom losses
+then receive a `SegmentReplay` as `policy`: it answers `policy(obs)`, `get_action_and_value(obs,
+actions)` and `get_value(obs)` for the minibatch's `obs` from the replay, so autoreset steps count
+in no loss or gradient and a custom loss needs no change to train a recurrent policy.
+
 Under torchrun (distributed.py) each process updates on its own rollout and the processes stay one
 policy: after every backward pass the gradients are averaged over all processes, minibatch
 advantages are normalised with the statistics of all processes' minibatches (ppo.global_adv_norm),
@@ -29,6 +36,7 @@ from torch.optim.adam import adam as functional_adam
 from cleanmetta import distributed
 from cleanmetta.config import PPOConfig
 from cleanmetta.experience import Experience
+from cleanmetta.policy import SegmentReplay
 
 CustomLoss = Callable[..., torch.Tensor]
 
@@ -105,12 +113,15 @@ class PPOOptimizer:
 
     def compute_ppo_loss(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
                          advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
-                         normalize_advantages: bool = True) -> PPOLosses:
+                         normalize_advantages: bool = True, policy: nn.Module | None = None) -> PPOLosses:
         """The PPO loss on one minibatch; `values` are the rollout's (old) value estimates. With
         ppo.norm_adv the advantages are normalised here unless `normalize_advantages` is False
-        (the caller already has, as update() does with all processes' statistics under torchrun)."""
+        (the caller already has, as update() does with all processes' statistics under torchrun).
+        `policy` scores the actions: self.policy by default; update() passes a recurrent policy's
+        SegmentReplay of the minibatch."""
         cfg = self.config
-        _, new_logprobs, entropy, new_values = self.policy.get_action_and_value(obs, actions)
+        policy = policy if policy is not None else self.policy
+        _, new_logprobs, entropy, new_values = policy.get_action_and_value(obs, actions)
         log_ratio = new_logprobs - old_logprobs
         ratio = log_ratio.exp()
         with torch.no_grad():
@@ -145,32 +156,37 @@ class PPOOptimizer:
             raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
         history: list[torch.Tensor] = []  # per minibatch: the reported terms, stacked once at the end
 
-        n = batch.obs.shape[0]
+        recurrent = batch.mask is not None  # segments [S, L, ...] for an LSTM (experience.py)
+        n = batch.obs.shape[0]  # samples, or segments
         edges = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
         global_adv_norm = cfg.norm_adv and cfg.global_adv_norm and distributed.world_size() > 1
         if distributed.world_size() > 1:  # every process must run every minibatch: each one all-reduces
             fewest = int(distributed.all_reduce(torch.tensor(n), distributed.ReduceOp.MIN))
             if fewest < cfg.num_minibatches:
-                raise ValueError(f"a process has {fewest} valid samples, fewer than ppo.num_minibatches="
-                                 f"{cfg.num_minibatches}; use fewer minibatches or longer rollouts")
+                raise ValueError(f"a process has {fewest} {'segments' if recurrent else 'valid samples'}, fewer "
+                                 f"than ppo.num_minibatches={cfg.num_minibatches}; use fewer minibatches or longer "
+                                 "rollouts")
         for _ in range(cfg.update_epochs):
             shuffled = batch.select(torch.randperm(n, device=self.device))  # one gather per epoch, then slices
+            minibatches = [shuffled.select(slice(start, end)) for start, end in zip(edges[:-1], edges[1:])
+                           if end > start]  # none empty unless there are fewer samples than minibatches
+            # what the losses see: the samples, or the segments' valid steps
+            samples = [mb.valid_steps() for mb in minibatches] if recurrent else minibatches
             if global_adv_norm:  # torchrun: each minibatch's mean and std over all processes, one all-reduce
-                adv_mean, adv_std = distributed.mean_std([shuffled.advantages[start:end]
-                                                          for start, end in zip(edges[:-1], edges[1:])])
-            for i, (start, end) in enumerate(zip(edges[:-1], edges[1:])):
-                if start == end:  # fewer valid samples than minibatches
-                    continue
-                mb = shuffled.select(slice(start, end))
+                adv_mean, adv_std = distributed.mean_std([mb.advantages for mb in samples])
+            for i, (segments, mb) in enumerate(zip(minibatches, samples)):
+                policy = self.policy
+                if recurrent:  # the LSTM replayed over the minibatch's segments, from their start states
+                    policy = SegmentReplay(self.policy, segments, mb.obs)
                 advantages = mb.advantages
                 if global_adv_norm:
                     advantages = (advantages - adv_mean[i]) / (adv_std[i] + 1e-8)
                 losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, advantages, mb.returns, mb.values,
-                                             normalize_advantages=not global_adv_norm)
+                                             normalize_advantages=not global_adv_norm, policy=policy)
                 loss = losses.total_loss
                 custom_values = []
                 for fn in custom_loss_fns:
-                    value = fn(self.policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages)
+                    value = fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages)
                     loss = loss + value
                     custom_values.append(value.detach())
                 if not torch.isfinite(loss):
@@ -197,6 +213,8 @@ class PPOOptimizer:
 
         means = distributed.mean_over_ranks(torch.stack(history).view(-1, len(names)).mean(0))
         stats = dict(zip(names, means.tolist()))
+        if recurrent:
+            batch = batch.valid_steps()
         obs_norm = getattr(self.policy, "obs_norm", None)
         if obs_norm is not None:  # after the update, so that it scored actions as the rollout saw them
             obs_norm.update(batch.obs.flatten(1))

@@ -351,7 +351,8 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
     device = next(policy.parameters()).device
     distributed.init(device, config.distributed_timeout)  # torchrun: join the others (see the docstring)
     vecenv = make_vecenv(config.env, rank_seed(config), curriculum)
-    experience = Experience.for_env(vecenv, config.trainer.num_steps, device)
+    experience = Experience.for_env(vecenv, config.trainer.num_steps, device, getattr(policy, "lstm_size", 0),
+                                    config.trainer.bptt_horizon)
     if distributed.world_size() > 1:  # torchrun: a sampling stream of its own for each rank (a resume restores it)
         seed_everything(rank_seed(config), config.torch_deterministic)
     components = create_training_components(config, ppo_config, policy, vecenv, experience, policy_store,

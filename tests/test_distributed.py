@@ -60,22 +60,29 @@ def _join_and_run(rank, port, worker, args):
         distributed.close()
 
 
-def fixed_experience(agents: slice, normalize_obs: bool = False) -> tuple[torch.nn.Module, Experience]:
-    """The same policy everywhere, and the columns `agents` of one fixed rollout [T, B]."""
+def fixed_experience(agents: slice, normalize_obs: bool = False, lstm_size: int = 0
+                     ) -> tuple[torch.nn.Module, Experience]:
+    """The same policy everywhere, and the columns `agents` of one fixed rollout [T, B] (with an LSTM:
+    segments of T / 2 steps, episode starts, autoreset steps and segment start states)."""
     g = torch.Generator().manual_seed(0)
     full = {"obs": torch.randn(T, B, 4, generator=g), "actions": torch.randint(0, 3, (T, B, 1), generator=g),
             "logprobs": torch.randn(T, B, generator=g) * 0.1 - 1.1, "values": torch.randn(T, B, generator=g),
             "rewards": torch.randn(T, B, generator=g), "dones": (torch.rand(T, B, generator=g) < 0.1).float(),
             "last_value": torch.randn(B, generator=g)}
+    if lstm_size:
+        after_done = torch.cat([torch.zeros(1, B), full["dones"][:-1]])
+        full.update(valid=1.0 - after_done, first=torch.cat([torch.zeros(1, B), after_done[:-1]]),
+                    lstm_h=torch.randn(2, B, lstm_size, generator=g), lstm_c=torch.randn(2, B, lstm_size, generator=g))
     full["obs"][:, 2:] += 3.0  # the second process's agents see other observations and advantages
     full["rewards"][:, 2:] *= 5.0
     torch.manual_seed(0)
-    policy = make_policy(AgentConfig(name="mlp", normalize_obs=normalize_obs), OBS, spaces.Discrete(3))
-    exp = Experience(T, len(range(B)[agents]), OBS, spaces.Discrete(3))
-    for name, value in full.items():
-        getattr(exp, name).copy_(value[..., agents, :] if name in ("obs", "actions") else value[..., agents])
-    exp.terminals.copy_(exp.dones)
+    policy = make_policy(AgentConfig(name="mlp", normalize_obs=normalize_obs, lstm_size=lstm_size), OBS,
+                         spaces.Discrete(3))
+    exp = Experience(T, len(range(B)[agents]), OBS, spaces.Discrete(3), lstm_size=lstm_size, bptt_horizon=T // 2)
     exp.valid.fill_(1.0)
+    for name, value in full.items():
+        getattr(exp, name).copy_(value[..., agents, :] if value.dim() == 3 else value[..., agents])
+    exp.terminals.copy_(exp.dones)
     return policy, exp
 
 
@@ -85,20 +92,23 @@ def update(policy, exp, **ppo) -> tuple[dict, torch.optim.Optimizer]:
     return stats, optimizer
 
 
-def _update_worker(rank, out_dir, ppo):
-    policy, exp = fixed_experience(slice(2 * rank, 2 * rank + 2), normalize_obs=True)
+def _update_worker(rank, out_dir, ppo, lstm_size=0):
+    policy, exp = fixed_experience(slice(2 * rank, 2 * rank + 2), normalize_obs=True, lstm_size=lstm_size)
     torch.manual_seed(rank)  # different shuffles on each rank: one minibatch per epoch must not care
     stats, optimizer = update(policy, exp, **ppo)
     torch.save({"params": policy.state_dict(), "optimizer": optimizer.state_dict(), "stats": stats},
                os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("lstm_size", [0, 8])
+def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path, lstm_size):
     ppo = dict(num_minibatches=1, update_epochs=3)
-    spawn(_update_worker, str(tmp_path), ppo)
+    spawn(_update_worker, str(tmp_path), ppo, lstm_size)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
-    policy, exp = fixed_experience(slice(0, B), normalize_obs=True)
+    policy, exp = fixed_experience(slice(0, B), normalize_obs=True, lstm_size=lstm_size)
+    if lstm_size:  # segments with episode starts and masked steps inside, LSTM state included
+        assert exp.first[1:T // 2].any() and (exp.valid == 0).any() and "lstm.weight_hh_l0" in policy.state_dict()
     stats, optimizer = update(policy, exp, **ppo)
     for name, value in policy.state_dict().items():  # obs normalisation statistics included
         assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name]), name
@@ -107,9 +117,10 @@ def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_pa
         assert ranks[0]["stats"][key] == pytest.approx(stats[key], rel=1e-4, abs=1e-6)
 
     # Per-process advantage normalisation would not give the single-process update: the check bites.
-    spawn(_update_worker, str(tmp_path), {**ppo, "global_adv_norm": False})
+    spawn(_update_worker, str(tmp_path), {**ppo, "global_adv_norm": False}, lstm_size)
     local = torch.load(tmp_path / "rank0.pt", weights_only=True)["params"]
-    assert not torch.allclose(local["actor.weight0"], policy.state_dict()["actor.weight0"], atol=1e-6)
+    name = "net.actor.weight0" if lstm_size else "actor.weight0"
+    assert not torch.allclose(local[name], policy.state_dict()[name], atol=1e-6)
 
 
 def _sync_worker(rank, out_dir):
