@@ -125,17 +125,27 @@ def average_gradients(params: list[torch.Tensor]) -> None:
         p.grad = g.view_as(p)
 
 
-def mean_std(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) standard deviation of each part, over its values on all ranks together
-    (part i of every rank pooled): two tensors of len(parts), from one all-reduce for all parts."""
-    sums = all_reduce(torch.stack([torch.stack([part.new_tensor(part.numel(), dtype=torch.float64),
-                                                part.double().sum(), part.double().square().sum()])
+def moments(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Count, mean and (biased) variance of the rows of each part [n_i, *shape], over its rows on all
+    ranks together (part i of every rank pooled), from one all-reduce for all parts (the parts share
+    one shape): tensors [len(parts)], [len(parts), *shape], [len(parts), *shape], in float64."""
+    shape = parts[0].shape[1:]
+    sums = all_reduce(torch.stack([torch.cat([part.new_tensor([len(part)], dtype=torch.float64),
+                                              part.double().sum(0).flatten(), part.double().square().sum(0).flatten()])
                                    for part in parts]))
-    count, total, squares = sums.unbind(-1)
-    mean = total / count
-    var = ((squares - count * mean * mean) / (count - 1).clamp_min(1)).clamp_min(0)
+    count, features = sums[:, 0], shape.numel()
+    mean = sums[:, 1:1 + features] / count.clamp_min(1).unsqueeze(-1)
+    var = (sums[:, 1 + features:] / count.clamp_min(1).unsqueeze(-1) - mean.square()).clamp_min(0)
+    return count, mean.view(len(parts), *shape), var.view(len(parts), *shape)
+
+
+def mean_std(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation of each 1-D part, over its values on all ranks together
+    (part i of every rank pooled): two tensors of len(parts), from one all-reduce for all parts."""
+    count, mean, var = moments(parts)
+    unbiased = var * count / (count - 1).clamp_min(1)
     dtype = parts[0].dtype
-    return mean.to(dtype), var.sqrt().to(dtype)
+    return mean.to(dtype), unbiased.sqrt().to(dtype)
 
 
 def broadcast_module(module: torch.nn.Module) -> None:

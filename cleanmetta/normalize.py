@@ -42,7 +42,7 @@ class RunningMeanStd(nn.Module):
         """Merge a batch `[N, *shape]` into the statistics (under torchrun: every process's batch)."""
         x = x.reshape(-1, *self.mean.shape).to(torch.float64)
         if distributed.world_size() > 1:
-            n, batch_mean, batch_var = moments_of_all_ranks(x)
+            n, batch_mean, batch_var = (moment[0] for moment in distributed.moments([x]))
         elif len(x):
             n, batch_mean, batch_var = len(x), x.mean(0), x.var(0, unbiased=False)
         else:
@@ -58,17 +58,6 @@ class RunningMeanStd(nn.Module):
 
     def std(self) -> torch.Tensor:
         return (self.var + EPSILON).sqrt()
-
-
-def moments_of_all_ranks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Count, mean and (biased) variance of the rows of `x` on all ranks together: one all-reduce."""
-    features = x.shape[1:].numel()
-    local = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0).flatten(), x.square().sum(0).flatten()])
-    sums = distributed.all_reduce(local)
-    count = sums[0]
-    mean = (sums[1:1 + features] / count.clamp_min(1)).view(x.shape[1:])
-    var = (sums[1 + features:] / count.clamp_min(1)).view(x.shape[1:]) - mean.square()
-    return count, mean, var.clamp_min(0)
 
 
 class ObservationNorm(RunningMeanStd):
