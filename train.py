@@ -5,6 +5,7 @@
     python train.py --preset small_fast               # a named preset (see config.PRESETS)
     python train.py --config run.yaml --seed 3        # a config file, then flags on top
     python train.py --resume runs/NAME                # continue a run from its last checkpoint
+    python train.py --log.wandb --evaluation.interval 10 --evaluation.video   # wandb run, evaluation videos
     python train.py --help                            # every flag, with its meaning
     torchrun --standalone --nproc_per_node 2 train.py # one policy, two processes (GPUs or CPU slots)
 
@@ -29,9 +30,9 @@ from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import PRESETS, ConfigError, TrainingConfig
 from cleanmetta.curriculum import make_curriculum
 from cleanmetta.envs import make_vecenv
-from cleanmetta.evaluate import PolicyEvaluator, suite_from_config
+from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
 from cleanmetta.experience import Experience
-from cleanmetta.log import StatsLogger
+from cleanmetta.log import StatsLogger, start_wandb
 from cleanmetta.losses import make_custom_losses
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
@@ -58,13 +59,17 @@ def main(config: TrainingConfig) -> dict:
                                     config.trainer.bptt_horizon)
     checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir))
     reward_scaler = make_reward_scaler(config, vecenv)  # None unless ppo.normalize_reward
+    evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic,
+                                video_dir(run_dir) if config.evaluation.video else None)  # videos: mp4 / replays
     epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler)
+    wandb_run = start_wandb(config, run_dir, resume=agent_steps > 0)  # wandb: None unless --log.wandb (rank 0)
+    if config.log.wandb_checkpoints:
+        checkpointer.wandb_run = wandb_run  # wandb: every saved policy as a model artifact
     collector = RolloutCollector(vecenv, policy, experience, device, reward_scaler)
     ppo = PPOOptimizer(policy, optimizer, device, config.ppo)
     custom_losses = make_custom_losses(config.ppo)
-    evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic)
     logger = StatsLogger(run_dir, config, config.trainer.total_timesteps, config.log.tensorboard,
-                         config.log.console_interval, start_step=agent_steps)
+                         config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run)
 
     # Train.
     num_epochs = num_epochs_for(config, experience)

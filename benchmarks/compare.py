@@ -14,7 +14,9 @@ Tasks:
 
 Per run: wall seconds, steps per second of the training loop, the agent step and the wall time at
 which the mean return of the last 20 episodes first reaches the task's threshold, the final last-20
-mean return, and the process's peak resident memory. Per library: medians, and the ratios.
+mean return, and the process's peak resident memory. Per library: medians, and the ratios. The
+learning curves (mean and range over seeds, against agent steps and wall time) go next to the JSON
+as a PNG (every benchmark here draws them: pip install -e ".[plot]").
 
     pip install stable-baselines3            # only for this benchmark (and mujoco for halfcheetah)
     python benchmarks/compare.py             # CartPole: 5 seeds x 500k steps, ~15 minutes on 2 cores
@@ -35,7 +37,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
+from cleanmetta.config import import_extra
+from cleanmetta.plot import plot_curves
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import_extra("matplotlib", "plot", "the benchmarks' learning curves")  # fail now, not after an hour of runs
 
 
 @dataclass
@@ -126,6 +134,16 @@ def measure(run: dict, threshold: float) -> dict:
     }
 
 
+def save_curves(experiments: dict[str, list[list[tuple[int, float, float]]]], json_out: str, title: str,
+                part: str = "") -> None:
+    """Draw each contender's runs (their episodes: step, seconds, return) next to the JSON results:
+    <results>.png, or <results>_<part>.png."""
+    stem = os.path.splitext(json_out)[0] + (f"_{part}" if part else "")
+    path = plot_curves({name: [np.array(episodes)[:, :3] for episodes in runs] for name, runs in experiments.items()},
+                       stem + ".png", title)
+    print(f"learning curves: {os.path.relpath(path, ROOT)}")
+
+
 def median(values: list) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -158,11 +176,14 @@ def main() -> None:
         "sb3-1thread": lambda seed, d: run_sb3(task, seed, steps, d, threads=1),
     }
     results: dict[str, list[dict]] = {lib: [] for lib in args.libraries}
+    episodes: dict[str, list] = {lib: [] for lib in args.libraries}
     with tempfile.TemporaryDirectory() as workdir:
         for i, seed in enumerate(args.seeds):
             order = args.libraries if i % 2 == 0 else args.libraries[::-1]
             for lib in order:
-                row = measure(runners[lib](seed, workdir), task.solved)
+                run = runners[lib](seed, workdir)
+                episodes[lib].append(run["episodes"])
+                row = measure(run, task.solved)
                 results[lib].append({"seed": seed, **row})
                 print(f"{lib:12s} seed {seed}: {row['wall_s']:6.1f} s wall, {row['sps']:7.0f} steps/s, "
                       f"solved at step {fmt(row['solved_step'], ',')}, final return {row['final_return']:.1f}, "
@@ -192,6 +213,7 @@ def main() -> None:
     with open(out, "w") as f:
         json.dump({"task": args.task, "env_id": task.env_id, "total_timesteps": steps, "seeds": args.seeds,
                    "libraries": summary}, f, indent=2)
+    save_curves(episodes, out, f"{task.env_id} ({task.settings} settings), seeds {args.seeds}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ every seed:
 Reported per run: agent steps per second of the training loop (summary.json: the steps of all
 processes over rank 0's training seconds), the final policy's evaluated mean reward (per agent for
 MettaGrid; fixed evaluation seed, sampled actions), and the peak resident memory of the largest
-process (torchrun's agent or a worker). Per task: medians, and the ratio of 2 processes to 1.
+process (torchrun's agent or a worker). Per task: medians, and the ratio of 2 processes to 1; the
+learning curves of rank 0 per layout next to the JSON (results/distributed_<task>.png).
 
     python benchmarks/distributed.py                                # both tasks, 2 seeds, ~4 minutes
     python benchmarks/distributed.py --tasks mettagrid --seeds 1 2 3 --total-timesteps 1000000
@@ -37,12 +38,13 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-from compare import rotated, run_process, run_processes  # noqa: E402  (this folder is first on sys.path)
+from compare import rotated, run_process, run_processes, save_curves  # noqa: E402  (this folder is first on sys.path)
 
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # benchmarks/mettagrid.py: not the package
 
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
+from cleanmetta.plot import read_episodes  # noqa: E402
 from cleanmetta.trainer import RANK_SEED_STRIDE  # noqa: E402
 
 TASKS = {  # name: (preset, env id, rollout steps T, default agent steps, evaluation episodes)
@@ -76,14 +78,16 @@ def run(task: str, layout: str, seed: int, total: int, workdir: str) -> dict:
         names = [name]
         _, rss = run_process(command(seed, total, name, processes))
     evaluator = PolicyEvaluator([Simulation(task, env_id, episodes=episodes, seed=12345)])
-    steps_per_second, rewards = 0.0, []
+    steps_per_second, rewards, played = 0.0, [], []
     for run_name in names:
         run_dir = os.path.join(workdir, run_name)
         with open(os.path.join(run_dir, "summary.json")) as f:
             summary = json.load(f)
         steps_per_second += summary["agent_steps"] / summary["seconds"]
         rewards.append(evaluator.evaluate(PolicyStore(run_dir).latest().policy)[task].mean_return)
-    return {"steps_per_second": steps_per_second, "reward": statistics.fmean(rewards), "rss": rss}
+        played.append(read_episodes(run_dir))
+    return {"steps_per_second": steps_per_second, "reward": statistics.fmean(rewards), "rss": rss,
+            "episodes": played}
 
 
 def main() -> None:
@@ -99,13 +103,17 @@ def main() -> None:
         for task in args.tasks:
             total = args.total_timesteps or TASKS[task][3]
             runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
+            curves: dict[str, list] = {layout: [] for layout in LAYOUTS}
             for i, seed in enumerate(args.seeds):
                 for layout in rotated(list(LAYOUTS), i):
                     result = run(task, layout, seed, total, workdir)
+                    curves[layout].extend(result.pop("episodes"))
                     runs[layout].append({"seed": seed, **result})
                     print(f"{task} seed {seed}, {layout}: {result['steps_per_second']:,.0f} agent-steps/s, "
                           f"reward {result['reward']:.2f}, peak RSS {result['rss']:.0f} MB", flush=True)
             results[task] = {"agent_steps": total, "runs": runs}
+            save_curves(curves, args.out, f"{task}: one process against two, seeds {args.seeds} (apart: each run's "
+                        "half budget)", part=task)
     with open(args.out, "w") as f:
         json.dump({"seeds": args.seeds, "tasks": results}, f, indent=2)
 

@@ -7,8 +7,9 @@ agents, see cleanmetta/config.py):
 2. full loop: `python train.py --preset mettagrid --env.id mettagrid/<task>` in a fresh process,
    agent-steps per second of its training loop, and the ratio to the bare environment;
 3. learning: mean episode reward per agent of the trained policy and of a uniformly random policy,
-   each over the same evaluation episodes (sampled actions, fixed seed), and the training curve
-   (mean reward per agent of the training episodes, per tenth of the run).
+   each over the same evaluation episodes (sampled actions, fixed seed), and the learning curves
+   (reward per agent of the training episodes against steps and wall time) as a PNG next to the
+   JSON results (results/mettagrid.json, results/mettagrid.png).
 
     pip install -e ".[mettagrid]"
     python benchmarks/mettagrid.py                        # both tasks, 500k steps each, ~3 minutes
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
 import sys
@@ -69,27 +71,18 @@ def bare_env_speed(task: str, num_envs: int, steps: int = 500, repeats: int = 3)
     return statistics.median(rates)
 
 
-def training_curve(episodes: list[tuple[int, float, float]], total: int, parts: int = 10) -> list[float | None]:
-    """Mean episode reward in each tenth of the run (None where no episode ended)."""
-    curve = []
-    for i in range(parts):
-        lo, hi = total * i / parts, total * (i + 1) / parts
-        returns = [ret for step, _, ret in episodes if lo < step <= hi]
-        curve.append(statistics.fmean(returns) if returns else None)
-    return curve
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["hearts", "hearts_sparse"])
     parser.add_argument("--total-timesteps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--eval-episodes", type=int, default=16, help="simulations of 4 agents each")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "mettagrid.json"))
     args = parser.parse_args()
     preset = mettagrid_config()
     total = args.total_timesteps or preset.trainer.total_timesteps
 
-    rows = []
+    rows, episodes = [], {}
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.tasks:
             task = f"mettagrid/{name}"
@@ -101,8 +94,8 @@ def main() -> None:
             evaluator = PolicyEvaluator([Simulation(name, task, episodes=args.eval_episodes, seed=12345)], "cpu")
             trained_reward = evaluator.evaluate(trained)[name].mean_return
             random_reward = evaluator.evaluate(UniformPolicy(5))[name].mean_return
-            curve = training_curve(run["episodes"], total)
-            rows.append((task, bare, loop, trained_reward, random_reward, curve))
+            episodes[task] = [run["episodes"]]
+            rows.append((task, bare, loop, trained_reward, random_reward))
             print(f"{task}: bare env {bare:,.0f} agent-steps/s, training loop {loop:,.0f} ({loop / bare:.2f} of bare); "
                   f"reward per agent: trained {trained_reward:.2f}, random {random_reward:.2f}", flush=True)
             os.rename(run_dir, f"{run_dir}_{name}")  # the next task's run gets a fresh directory
@@ -111,14 +104,15 @@ def main() -> None:
     print("| task | bare env agent-steps/s | training loop agent-steps/s | loop / bare "
           "| reward per agent, trained | reward per agent, random |")
     print("|---|---|---|---|---|---|")
-    for task, bare, loop, trained_reward, random_reward, _ in rows:
+    for task, bare, loop, trained_reward, random_reward in rows:
         print(f"| {task} | {bare:,.0f} | {loop:,.0f} | {loop / bare:.2f} | {trained_reward:.2f} "
               f"| {random_reward:.2f} |")
-    print("\nTraining curve: mean reward per agent of the training episodes, per tenth of the run\n")
-    print("| task | " + " | ".join(f"{10 * (i + 1)}%" for i in range(10)) + " |")
-    print("|---|" + "---|" * 10)
-    for task, *_, curve in rows:
-        print(f"| {task} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in curve) + " |")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"total_timesteps": total, "seed": args.seed, "tasks": [
+            dict(zip(("task", "bare_sps", "loop_sps", "trained_reward", "random_reward"), row)) for row in rows]},
+            f, indent=2)
+    compare.save_curves(episodes, args.out, f"mettagrid preset, {total:,} steps, seed {args.seed} (reward per agent)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
 2. mettagrid: the `mettagrid` preset on mettagrid/hearts_sparse, the token network with and
    without an LSTM (`mettagrid_lstm` preset: 64 units, 32-step segments), equal agent steps:
    agent-steps/s and the final policy's evaluated reward per agent (16 episodes, fixed seed).
+Each part draws its learning curves next to the JSON: results/recurrent_cartpole.png, _mettagrid.png.
 
     pip install sb3-contrib                          # only for this benchmark
     python benchmarks/recurrent.py                   # both parts: 5 CartPole seeds, 3 MettaGrid seeds (~1 hour)
@@ -39,6 +40,7 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # be
 
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
+from cleanmetta.plot import read_episodes  # noqa: E402
 
 NOVEL = compare.Task("CartPoleNoVel-v1", "recurrent-zoo", 100_000, 475.0)
 SHARED = compare.Task("CartPoleNoVel-v1", "recurrent", 100_000, 475.0)
@@ -52,11 +54,14 @@ CARTPOLE = {
 METTAGRID = {"token": "mettagrid", "token + lstm": "mettagrid_lstm"}  # name: preset
 
 
-def cartpole(seeds: list[int], steps: int, contenders: list[str], workdir: str) -> dict:
+def cartpole(seeds: list[int], steps: int, contenders: list[str], workdir: str, out: str) -> dict:
     results: dict[str, list[dict]] = {name: [] for name in contenders}
+    episodes: dict[str, list] = {name: [] for name in contenders}
     for i, seed in enumerate(seeds):
         for name in compare.rotated(contenders, i):
-            row = compare.measure(CARTPOLE[name](seed, steps, workdir), NOVEL.solved)
+            run = CARTPOLE[name](seed, steps, workdir)
+            episodes[name].append(run["episodes"])
+            row = compare.measure(run, NOVEL.solved)
             results[name].append({"seed": seed, **row})
             print(f"cartpole {name:12s} seed {seed}: {row['sps']:7,.0f} steps/s, solved at step "
                   f"{compare.fmt(row['solved_step'], ',')}, final return {row['final_return']:.1f}", flush=True)
@@ -72,13 +77,15 @@ def cartpole(seeds: list[int], steps: int, contenders: list[str], workdir: str) 
         if "lstm" in results and other in results:
             ratios = [a["sps"] / b["sps"] for a, b in zip(results["lstm"], results[other])]
             print(f"\nlstm / {other} steps/s: median of per-seed ratios {statistics.median(ratios):.1f}x")
+    compare.save_curves(episodes, out, f"{NOVEL.env_id}, seeds {seeds}", part="cartpole")
     return results
 
 
-def mettagrid(seeds: list[int], steps: int, workdir: str) -> dict:
+def mettagrid(seeds: list[int], steps: int, workdir: str, out: str) -> dict:
     task = "mettagrid/hearts_sparse"
     evaluator = PolicyEvaluator([Simulation("sparse", task, episodes=16, seed=12345)])
     results: dict[str, list[dict]] = {name: [] for name in METTAGRID}
+    episodes: dict[str, list] = {name: [] for name in METTAGRID}
     for i, seed in enumerate(seeds):
         for name in compare.rotated(list(METTAGRID), i):
             run_name = f"mettagrid_{METTAGRID[name]}_seed{seed}"
@@ -90,6 +97,7 @@ def mettagrid(seeds: list[int], steps: int, workdir: str) -> dict:
             with open(os.path.join(run_dir, "summary.json")) as f:
                 summary = json.load(f)
             reward = evaluator.evaluate(PolicyStore(run_dir).latest().policy)["sparse"].mean_return
+            episodes[name].append(read_episodes(run_dir))
             row = {"seed": seed, "sps": summary["agent_steps"] / summary["seconds"], "reward": reward}
             results[name].append(row)
             print(f"mettagrid {name:12s} seed {seed}: {row['sps']:7,.0f} agent-steps/s, evaluated reward "
@@ -101,6 +109,7 @@ def mettagrid(seeds: list[int], steps: int, workdir: str) -> dict:
         each = ", ".join(format(r["reward"], ".2f") for r in rows)
         print(f"| {name} | {compare.median([r['sps'] for r in rows]):,.0f} | "
               f"{compare.median([r['reward'] for r in rows]):.2f} ({each}) |")
+    compare.save_curves(episodes, out, f"{task} (reward per agent), seeds {seeds}", part="mettagrid")
     return results
 
 
@@ -118,10 +127,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         if "cartpole" in args.parts:
             results["cartpole"] = {"steps": args.cartpole_steps, "runs": cartpole(
-                args.seeds or [1, 2, 3, 4, 5], args.cartpole_steps, args.contenders, workdir)}
+                args.seeds or [1, 2, 3, 4, 5], args.cartpole_steps, args.contenders, workdir, args.out)}
         if "mettagrid" in args.parts:
             results["mettagrid"] = {"steps": args.mettagrid_steps, "runs": mettagrid(
-                args.seeds or [1, 2, 3], args.mettagrid_steps, workdir)}
+                args.seeds or [1, 2, 3], args.mettagrid_steps, workdir, args.out)}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

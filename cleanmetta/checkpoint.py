@@ -208,7 +208,7 @@ class TrainingCheckpointer:
     def __init__(self, checkpoint_dir: str, policy_store: PolicyStore | None = None, wandb_run: Any = None):
         self.checkpoint_dir = checkpoint_dir
         self.policy_store = policy_store if policy_store is not None else PolicyStore(checkpoint_dir)
-        self.wandb_run = wandb_run  # optional: saved files are also handed to wandb_run.save(path)
+        self.wandb_run = wandb_run  # optional: every saved policy is also logged to it as a model artifact
         self.last_policy: PolicyRecord | None = None
 
     def save_policy(self, policy: torch.nn.Module, epoch: int, metadata: dict[str, Any] | None = None) -> PolicyRecord:
@@ -223,8 +223,9 @@ class TrainingCheckpointer:
         state_dict = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
         save_checkpoint({"spec": spec, "state_dict": state_dict, "epoch": epoch, "agent_steps": agent_steps,
                          "metadata": metadata}, path, "policy")
-        self._upload(path)
         self.last_policy = PolicyRecord(os.path.normpath(path), epoch, agent_steps, metadata, dict(scores))
+        if self.wandb_run is not None:
+            self._log_artifact(self.last_policy)
         return self.policy_store.add(self.last_policy)
 
     def save_trainer_state(self, agent_step: int, epoch: int, optimizer_state: dict[str, Any], run_dir: str,
@@ -236,7 +237,6 @@ class TrainingCheckpointer:
             extra.setdefault("policy_uri", os.path.relpath(self.last_policy.uri, self.policy_store.directory))
         save_checkpoint({"agent_step": agent_step, "epoch": epoch, "optimizer_state": optimizer_state,
                          "rng": rng_state(), **extra}, path, "trainer_state")
-        self._upload(path)
         return path
 
     def load_trainer_state(self, run_dir: str) -> dict[str, Any] | None:
@@ -263,6 +263,12 @@ class TrainingCheckpointer:
                                       f"{saved_action}, but the env has {obs_space} and {action_space}")
         return record
 
-    def _upload(self, path: str) -> None:
-        if self.wandb_run is not None:
-            self.wandb_run.save(path, base_path=self.checkpoint_dir)
+    def _log_artifact(self, record: PolicyRecord) -> None:
+        """The policy file as a wandb model artifact `policy-<run id>`, a new version per save, aliased
+        latest and epoch_<N>; its metadata holds the epoch, agent steps and evaluation scores."""
+        import wandb  # there is a wandb run, so the extra is installed
+
+        artifact = wandb.Artifact(f"policy-{self.wandb_run.id}", type="model", metadata={
+            "epoch": record.epoch, "agent_steps": record.agent_steps, "scores": record.scores})
+        artifact.add_file(record.uri)
+        self.wandb_run.log_artifact(artifact, aliases=["latest", f"epoch_{record.epoch}"])

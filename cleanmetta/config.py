@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import json
 import math
 import typing
@@ -27,6 +28,16 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names each bad field, its value and the fix."""
+
+
+def import_extra(module: str, extra: str, feature: str) -> Any:
+    """Import `module`, which the optional extra `extra` installs; ConfigError with the install command
+    when it is missing. `feature` names what needs it, e.g. '--log.wandb'."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"{feature} needs {module} ({err}), an optional extra: "
+                          f'pip install -e ".[{extra}]"') from None
 
 
 NetworkName = Literal["auto", "mlp", "simple_cnn", "token"]
@@ -130,6 +141,21 @@ class LogConfig:
     """write TensorBoard event files into the run directory."""
     console_interval: float = 5.0
     """seconds between console progress lines (0: every epoch)."""
+    wandb: bool = False
+    """also log to a Weights & Biases run: config, the TensorBoard scalars, evaluation scores and videos
+    (pip install -e ".[wandb]"; WANDB_MODE=offline runs without a network)."""
+    wandb_project: str = "cleanmetta"
+    """wandb project of the run."""
+    wandb_entity: str | None = None
+    """wandb team or user (None: your default entity)."""
+    wandb_group: str | None = None
+    """wandb group, e.g. one experiment's seeds (None: no group)."""
+    wandb_name: str | None = None
+    """wandb run name (None: the run directory's name)."""
+    wandb_tags: list[str] = field(default_factory=list)
+    """wandb tags of the run."""
+    wandb_checkpoints: bool = False
+    """with log.wandb: upload every saved policy as a wandb model artifact (aliases latest and epoch_N)."""
 
 
 @dataclass
@@ -154,6 +180,9 @@ class EvalConfig:
     """seed of the evaluation environments and action sampling."""
     deterministic: bool = False
     """act with the distribution's mode instead of sampling."""
+    video: bool = False
+    """record the first episode of every simulation at each evaluation under <run>/videos: an mp4 for
+    gymnasium envs that render (pip install -e ".[video]"), a MettaScope replay for MettaGrid."""
 
 
 @dataclass
@@ -307,6 +336,8 @@ class TrainingConfig:
         check(self.checkpoint.interval >= 0, "checkpoint.interval", self.checkpoint.interval, "must be >= 0")
         check(self.evaluation.interval >= 0, "evaluation.interval", self.evaluation.interval, "must be >= 0")
         check(self.evaluation.episodes >= 1, "evaluation.episodes", self.evaluation.episodes, "must be >= 1")
+        check(not self.evaluation.video or self.evaluation.interval > 0, "evaluation.video", True,
+              "records evaluation episodes, but evaluation.interval=0 runs none: set --evaluation.interval N")
         tasks = self.curriculum.tasks or [env.id]
         try:  # the rules curriculum.py applies when it builds the curriculum (make_curriculum)
             for task in tasks:
@@ -318,6 +349,9 @@ class TrainingConfig:
 
         check(bool(self.log.run_root.strip()), "log.run_root", self.log.run_root, "must be a directory path")
         non_negative("log.console_interval", self.log.console_interval)
+        check(not self.log.wandb_checkpoints or self.log.wandb, "log.wandb_checkpoints", True,
+              "uploads to the wandb run: add --log.wandb")
+        check(bool(self.log.wandb_project.strip()), "log.wandb_project", self.log.wandb_project, "must be a name")
 
         if errors:
             raise ConfigError("invalid training config:\n  " + "\n  ".join(errors))

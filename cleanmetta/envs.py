@@ -24,14 +24,16 @@ curriculum.py); stepping is the collector's job.
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv, CartPoleVectorEnv
 from gymnasium.vector import AutoresetMode
 
 from cleanmetta import mettagrid_env
-from cleanmetta.config import ConfigError, EnvConfig
-from cleanmetta.curriculum import Curriculum, SingleTaskCurriculum
+from cleanmetta.config import ConfigError, EnvConfig, import_extra
+from cleanmetta.curriculum import Curriculum, SingleTaskCurriculum, Task
 from cleanmetta.spaces import UnsupportedEnvError, check_spaces
 
 
@@ -48,9 +50,10 @@ def check_autoreset(vecenv: gym.vector.VectorEnv) -> None:
 class CurriculumEnv(gym.Env):
     """A single env that plays the curriculum's choice of task each episode; info["task"] names it."""
 
-    def __init__(self, curriculum: Curriculum):
+    def __init__(self, curriculum: Curriculum, render_mode: str | None = None):
         self.curriculum = curriculum
-        self.envs = [gym.make(task.env_id, **task.kwargs) for task in curriculum.tasks]
+        self.render_mode = render_mode
+        self.envs = [make_task_env(task, render_mode) for task in curriculum.tasks]
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         for task, env in zip(curriculum.tasks, self.envs):
@@ -73,6 +76,9 @@ class CurriculumEnv(gym.Env):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.envs[self.task].step(action)
         return obs, reward, terminated, truncated, {**info, "task": self.curriculum.tasks[self.task].name}
+
+    def render(self):
+        return self.envs[self.task].render()
 
     def close(self):
         for env in self.envs:
@@ -103,11 +109,78 @@ if "CartPoleNoVel-v1" not in gym.registry:
                  max_episode_steps=500, reward_threshold=475.0)
 
 
-def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None = None) -> gym.vector.VectorEnv:
+def make_env(curriculum: Curriculum, render_mode: str | None = None) -> gym.Env:
+    """One env of the curriculum: its task's env, or a CurriculumEnv over its several tasks."""
+    if len(curriculum.tasks) > 1:
+        return CurriculumEnv(curriculum, render_mode)
+    return make_task_env(curriculum.tasks[0], render_mode)
+
+
+def make_task_env(task: Task, render_mode: str | None = None) -> gym.Env:
+    """gym.make of one task; render_mode only when asked for (not every env takes the argument)."""
+    return gym.make(task.env_id, **({"render_mode": render_mode} if render_mode else {}), **task.kwargs)
+
+
+class RecordVideo(gym.wrappers.RecordVideo):
+    """gymnasium's RecordVideo, writing every frame it recorded. moviepy (2.2) sums 1/fps once per
+    frame for the clip's length and truncates length x fps to a frame count, so float rounding drops
+    the last frame of more than half of all episode lengths at 50 fps (Zulko/moviepy#2507); here the
+    clip lasts half a frame longer, which gives exactly the recorded count."""
+
+    def stop_recording(self):
+        if self.recorded_frames:
+            from moviepy.video.io.ImageSequenceClip import ImageSequenceClip  # the video extra, checked when wrapped
+
+            clip = ImageSequenceClip(self.recorded_frames, fps=self.frames_per_sec)
+            clip.duration = clip.end = (len(self.recorded_frames) + 0.5) / self.frames_per_sec
+            clip.write_videofile(os.path.join(self.video_folder, f"{self._video_name}.mp4"), logger=None)
+        self.recorded_frames, self.recording, self._video_name = [], False, None
+
+
+def record_first_episode(env: gym.Env, record_dir: str) -> gym.Env:
+    """`env` (rendering rgb_array) in RecordVideo: the first episode after its next reset goes to
+    record_dir as an mp4 (written at the reset after it, or when the env closes)."""
+    import_extra("moviepy", "video", "--evaluation.video")  # RecordVideo's encoder
+    return RecordVideo(env, record_dir, episode_trigger=lambda episode: episode == 0, disable_logger=True)
+
+
+def check_recordable(task: str) -> None:
+    """ConfigError unless episodes of `task` (a curriculum task string) can be recorded: MettaGrid
+    writes replays; a gymnasium env needs the video extra and must render rgb_array frames (one is
+    rendered here, so a missing renderer such as pygame shows now, not at the first evaluation)."""
+    parsed = Task.parse(task)
+    if mettagrid_env.is_mettagrid(parsed.env_id):
+        return
+    import_extra("moviepy", "video", "--evaluation.video")
+    env = make_env(SingleTaskCurriculum(task))
+    modes = env.metadata.get("render_modes", [])
+    env.close()
+    if "rgb_array" not in modes:
+        raise ConfigError(f"--evaluation.video: {parsed.name} cannot render frames (its render modes: {modes}); "
+                          "drop the flag for this env")
+    env = make_env(SingleTaskCurriculum(task), "rgb_array")
+    try:
+        env.reset(seed=0)
+        env.render()
+    except gym.error.DependencyNotInstalled as err:
+        raise ConfigError(f"--evaluation.video: {parsed.name} cannot render ({err}); its renderer is in the video "
+                          'extra: pip install -e ".[video]"') from None
+    finally:
+        env.close()
+
+
+def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None = None,
+                record_dir: str | None = None) -> gym.vector.VectorEnv:
     """Build `env_config.num_envs` copies of the env (or of the curriculum's tasks), seeded with seed, seed + 1, ...
 
     `mettagrid/<task>` ids build cleanmetta.mettagrid_env.MettaGridVecEnv: num_envs simulations of
     several agents each, one batch row per agent.
+
+    With `record_dir`, the first episode the first copy plays after its next reset (the caller's) is
+    recorded there: as an mp4 by gymnasium's RecordVideo (that copy renders rgb_array frames, the
+    others do not render; all are stepped in this process, vectorization 'sync'), or for MettaGrid
+    as MettaGrid's own replay file of each finished episode (.json.z, for its MettaScope viewer).
+    See `check_recordable`.
     """
     curriculum = curriculum or SingleTaskCurriculum(env_config.id)
     task = curriculum.tasks[0]
@@ -116,7 +189,7 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
         if not all(is_mettagrid):
             raise ConfigError(f"curriculum tasks {[t.name for t in curriculum.tasks]} mix MettaGrid and gymnasium "
                               "environments; their observations differ, so train on one kind at a time")
-        vecenv = mettagrid_env.MettaGridVecEnv(curriculum, env_config.num_envs, seed)
+        vecenv = mettagrid_env.MettaGridVecEnv(curriculum, env_config.num_envs, seed, replay_dir=record_dir)
         vecenv.reset(seed=seed)
         return vecenv
     try:
@@ -124,14 +197,17 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
     except gym.error.Error as err:
         raise ConfigError(f"env.id={task.env_id!r} is not a registered gymnasium environment: {err}") from None
 
-    mode = env_config.vectorization
+    mode = env_config.vectorization if record_dir is None else "sync"  # RecordVideo wraps one sub-env
     if mode == "auto":
         mode = "native" if spec.vector_entry_point is not None and len(curriculum.tasks) == 1 else "sync"
     if mode == "native" and (spec.vector_entry_point is None or len(curriculum.tasks) > 1):
         raise ConfigError(f"env.vectorization='native' but {task.name} has no native vector env "
                           "(or the curriculum has several tasks); use 'sync' or 'async'")
     next_step = {"autoreset_mode": AutoresetMode.NEXT_STEP}
-    if len(curriculum.tasks) > 1:
+    if record_dir is not None:
+        env_fns = [lambda: make_env(curriculum, "rgb_array")] + [lambda: make_env(curriculum)] * (env_config.num_envs - 1)
+        vecenv = gym.vector.SyncVectorEnv(env_fns, **next_step)
+    elif len(curriculum.tasks) > 1:
         vector_class = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
         vecenv = vector_class([lambda: CurriculumEnv(curriculum)] * env_config.num_envs, **next_step)
     elif mode == "native":
@@ -147,4 +223,6 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
         raise
     vecenv.reset(seed=seed)
     vecenv.action_space.seed(seed)
+    if record_dir is not None:  # after the seeding reset: the episode recorded is the first one its user plays
+        vecenv.envs[0] = record_first_episode(vecenv.envs[0], record_dir)
     return vecenv

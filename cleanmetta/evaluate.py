@@ -10,13 +10,22 @@ From the command line, for the latest (or a chosen) policy of a run:
 
     python -m cleanmetta.evaluate runs/NAME
     python -m cleanmetta.evaluate runs/NAME --policy 120 --episodes 50 --deterministic
+    python -m cleanmetta.evaluate runs/NAME --video     # also record each simulation's first episode
+
+Recording (`video_dir`, train.py's --evaluation.video): the first episode of every simulation, as
+an mp4 for gymnasium envs that render rgb_array frames (gymnasium's RecordVideo, the `video` extra),
+as MettaGrid's replay file (.json.z, for its MettaScope viewer) for MettaGrid. The recorded episode
+is one of the scored ones, played exactly as without recording.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,7 +33,7 @@ import torch
 from cleanmetta.checkpoint import CheckpointError, PolicyStore
 from cleanmetta.config import ConfigError, EnvConfig, TrainingConfig
 from cleanmetta.curriculum import SingleTaskCurriculum, Task
-from cleanmetta.envs import make_vecenv
+from cleanmetta.envs import check_recordable, make_vecenv
 
 
 @dataclass
@@ -46,9 +55,16 @@ class SimulationResult:
     max_return: float
     mean_length: float
     episodes: int
+    recordings: list[str] = field(default_factory=list)
+    """files the evaluation recorded (an mp4, or a MettaGrid replay) when the evaluator has a video_dir."""
 
     def scores(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}/{key}": float(value) for key, value in vars(self).items()}
+        return {f"{prefix}/{key}": float(value) for key, value in vars(self).items() if key != "recordings"}
+
+
+def video_dir(run_dir: str) -> str:
+    """Where a run's evaluation recordings go."""
+    return os.path.join(run_dir, "videos")
 
 
 def suite_from_config(config: TrainingConfig, episodes: int | None = None, seed: int | None = None) -> list[Simulation]:
@@ -59,20 +75,41 @@ def suite_from_config(config: TrainingConfig, episodes: int | None = None, seed:
 
 
 class PolicyEvaluator:
-    def __init__(self, suite: list[Simulation], device: torch.device | str = "cpu", deterministic: bool = False):
+    """Scores policies on `suite`. With `video_dir`, every evaluation also records the first episode of
+    each simulation (an mp4 of a gymnasium env, MettaGrid's replay file): checked here, before any
+    training, that the suite's envs can be recorded."""
+
+    def __init__(self, suite: list[Simulation], device: torch.device | str = "cpu", deterministic: bool = False,
+                 video_dir: str | None = None):
         names = [sim.name for sim in suite]
         if len(set(names)) != len(names):
             raise ConfigError(f"simulation names must be distinct, got {names}")
         self.suite, self.device, self.deterministic = suite, torch.device(device), deterministic
+        self.video_dir = video_dir
+        if video_dir is not None:
+            for sim in suite:
+                check_recordable(sim.task)
 
-    def evaluate(self, policy) -> dict[str, SimulationResult]:
-        """Scores per simulation name."""
-        return {sim.name: self.run(policy, sim) for sim in self.suite}
+    def evaluate(self, policy, step: int | None = None) -> dict[str, SimulationResult]:
+        """Results per simulation name. Recordings go to video_dir/step_<step>/<simulation>/ (step: the
+        policy's agent steps; None: video_dir/<simulation>/)."""
+        results = {}
+        for sim in self.suite:
+            record_dir = None
+            if self.video_dir is not None:
+                step_dir = f"step_{step:09d}" if step is not None else ""
+                record_dir = os.path.join(self.video_dir, step_dir, re.sub(r"[^\w.=-]+", "_", sim.name))
+            results[sim.name] = self.run(policy, sim, record_dir)
+        return results
 
     @torch.inference_mode()
-    def run(self, policy, sim: Simulation) -> SimulationResult:
-        vecenv = make_vecenv(EnvConfig(id=Task.parse(sim.task).env_id, num_envs=sim.episodes),
-                             sim.seed, SingleTaskCurriculum(sim.task))
+    def run(self, policy, sim: Simulation, record_dir: str | None = None) -> SimulationResult:
+        """Play sim.episodes episodes, one per env; with record_dir, record the first env's episode there."""
+        if record_dir is not None and os.path.isdir(record_dir):
+            shutil.rmtree(record_dir)  # this evaluation's files only (an earlier one at the same step, e.g.)
+        # 'sync': the envs a recording needs (RecordVideo wraps one), so recording never changes the episodes
+        vecenv = make_vecenv(EnvConfig(id=Task.parse(sim.task).env_id, num_envs=sim.episodes, vectorization="sync"),
+                             sim.seed, SingleTaskCurriculum(sim.task), record_dir)
         # One episode per env; a multi-agent env (MettaGrid) has several agents per episode, each a row.
         returns = np.zeros(vecenv.num_envs)
         lengths = np.zeros(vecenv.num_envs, np.int64)
@@ -94,9 +131,10 @@ class PolicyEvaluator:
                 returns += reward * running
                 lengths += running
                 running &= ~(terminated | truncated)
-        vecenv.close()
+        vecenv.close()  # RecordVideo writes its mp4 when its episode ends, at the latest when closed
+        recordings = sorted(os.path.join(record_dir, f) for f in os.listdir(record_dir)) if record_dir else []
         return SimulationResult(returns.mean(), returns.std(), returns.min(), returns.max(), lengths.mean(),
-                                sim.episodes)
+                                sim.episodes, recordings)
 
 
 def format_table(results: dict[str, SimulationResult]) -> str:
@@ -115,17 +153,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's)")
     parser.add_argument("--deterministic", action="store_true", help="act with the mode instead of sampling")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--video", action="store_true",
+                        help="record each simulation's first episode under RUN_DIR/videos/step_<policy's steps>/")
     args = parser.parse_args(argv)
     try:
         config = TrainingConfig.from_yaml(f"{args.run_dir}/config.json")
         record = PolicyStore(args.run_dir).get(args.policy)
         evaluator = PolicyEvaluator(suite_from_config(config, args.episodes, args.seed), args.device,
-                                    args.deterministic)
-        results = evaluator.evaluate(record.policy.to(args.device))
+                                    args.deterministic, video_dir(args.run_dir) if args.video else None)
+        results = evaluator.evaluate(record.policy.to(args.device), record.agent_steps)
     except (CheckpointError, ConfigError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     print(f"{record.uri} (epoch {record.epoch}, {record.agent_steps:,} agent steps)")
     print(format_table(results))
+    for result in results.values():
+        for path in result.recordings:
+            print(f"recorded {path}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ A run directory holds:
   finished episode (a resumed run first cuts it back to its checkpoint's step, as TensorBoard's
   purge_step does for the event files, and restores the console's last-20 window from it);
 - `summary.json` when the run ends: agent steps, seconds, steps per second, mean return of the
-  last 20 episodes.
+  last 20 episodes;
+- with `--log.wandb` (`start_wandb`), a Weights & Biases run under `wandb/`: the whole config, the
+  same scalars under the same names against `global_step` (the agent steps), evaluation scores and
+  videos. Its id is kept in `wandb_id`, so a resumed run continues the same wandb run.
 
-Under torchrun only rank 0 writes and prints: the other ranks' loggers keep the same counters
-(the collector hands every rank all ranks' episodes) and write nothing.
+Under torchrun only rank 0 writes and prints (and talks to wandb): the other ranks' loggers keep
+the same counters (the collector hands every rank all ranks' episodes) and write nothing.
 
 This module only records; it never changes what it is given.
 """
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cleanmetta import distributed
+from cleanmetta.config import TrainingConfig, import_extra
 
 # update() stats key -> TensorBoard tag; any other key (a custom loss) is logged as losses/<key>.
 LOSS_TAGS = {
@@ -49,11 +53,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def cut_episodes_back(path: str, agent_steps: int, window: int = 20) -> list[float]:
+def cut_episodes_back(path: str, agent_steps: int, window: int = 20) -> tuple[list[float], float]:
     """Truncate an episodes.csv after its last whole row logged at or before `agent_steps`; return the
-    returns of the last `window` rows kept. A run killed after its last checkpoint logged episodes
-    (and maybe half a row) that its resumed run will play again."""
+    returns of the last `window` rows kept and the seconds of the last one (0 if none). A run killed
+    after its last checkpoint logged episodes (and maybe half a row) that its resumed run will play
+    again."""
     returns: deque[float] = deque(maxlen=window)
+    seconds = 0.0
     with open(path, "rb+") as f:
         f.readline()  # the header
         keep = f.tell()
@@ -63,11 +69,43 @@ def cut_episodes_back(path: str, agent_steps: int, window: int = 20) -> list[flo
                 if not line.endswith(b"\n") or len(fields) != 4 or int(fields[0]) > agent_steps:
                     break
                 returns.append(float(fields[2]))
+                seconds = float(fields[1])
             except ValueError:  # a row cut short by the kill
                 break
             keep = f.tell()
         f.truncate(keep)
-    return list(returns)
+    return list(returns), seconds
+
+
+WANDB_ID_FILE = "wandb_id"
+
+
+def start_wandb(config: TrainingConfig, run_dir: str, resume: bool = False) -> Any:
+    """A wandb run for this training run when config.log.wandb, else None (and None on every torchrun
+    rank but 0). Its files go under run_dir/wandb; WANDB_MODE=offline keeps them there, unsent.
+
+    The run's id is written to run_dir/wandb_id; with `resume` (the trainer restored a checkpoint)
+    that id is reused, so the resumed training continues the same wandb run. Scalars are plotted
+    against `global_step`, the agent steps, which a resumed run logs again from its checkpoint on.
+    """
+    if not config.log.wandb or not distributed.is_main():
+        return None
+    wandb = import_extra("wandb", "wandb", "--log.wandb")
+    os.makedirs(run_dir, exist_ok=True)
+    id_path = os.path.join(run_dir, WANDB_ID_FILE)
+    run_id = None
+    if resume and os.path.exists(id_path):
+        with open(id_path) as f:
+            run_id = f.read().strip() or None
+    log = config.log
+    run = wandb.init(project=log.wandb_project, entity=log.wandb_entity, group=log.wandb_group,
+                     name=log.wandb_name or os.path.basename(os.path.normpath(run_dir)), tags=list(log.wandb_tags),
+                     config=config.to_dict(), dir=run_dir, id=run_id, resume="allow" if run_id else None)
+    run.define_metric("global_step")
+    run.define_metric("*", step_metric="global_step")
+    with open(id_path, "w") as f:
+        f.write(run.id)
+    return run
 
 
 class StatsLogger:
@@ -78,9 +116,10 @@ class StatsLogger:
         self.writes = distributed.is_main()  # torchrun: rank 0 alone writes files and prints
         self.writer = None
         self.episodes_file = None
-        # optional: a wandb run (wandb.init()) that receives the same scalars
+        # optional: a wandb run (start_wandb(), wandb.init()) that receives the same scalars; close() finishes it
         self.wandb_run = wandb_run if self.writes else None
         self.recent_returns: deque[float] = deque(maxlen=20)
+        self.seconds_before = 0.0  # a resumed run's training seconds up to its checkpoint (episodes.csv)
         if self.writes:
             self._open_files(config, tensorboard, start_step)
         self.total_timesteps = total_timesteps
@@ -104,7 +143,8 @@ class StatsLogger:
         episodes_path = os.path.join(self.run_dir, "episodes.csv")
         is_new = not os.path.exists(episodes_path)
         if start_step and not is_new:
-            self.recent_returns.extend(cut_episodes_back(episodes_path, start_step))
+            returns, self.seconds_before = cut_episodes_back(episodes_path, start_step)
+            self.recent_returns.extend(returns)
         self.episodes_file = open(episodes_path, "a")
         if is_new:
             self.episodes_file.write("agent_steps,seconds,return,length\n")
@@ -125,7 +165,15 @@ class StatsLogger:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
         if self.wandb_run is not None:
-            self.wandb_run.log(scalars, step=step)
+            self.wandb_run.log({**scalars, "global_step": step})
+
+    def log_videos(self, step: int, videos: dict[str, str]) -> None:
+        """Send mp4 files (tag -> path) to the wandb run, if any; they are on disk already."""
+        if self.wandb_run is not None and videos:
+            import wandb  # the wandb extra: installed, since there is a wandb run
+
+            self.wandb_run.log({**{tag: wandb.Video(path, format="mp4") for tag, path in videos.items()},
+                                "global_step": step})
 
     def log_epoch(self, agent_steps: int, rollout_stats: dict[str, np.ndarray], update_stats: dict[str, float],
                   learning_rate: float) -> None:
@@ -134,8 +182,9 @@ class StatsLogger:
         self.agent_steps = agent_steps
         seconds = self.elapsed
         if self.writes:
+            run_seconds = self.seconds_before + seconds  # a resumed run's rows go on from its first part's time
             for episode_return, length in zip(returns.tolist(), lengths.tolist()):
-                self.episodes_file.write(f"{agent_steps},{seconds:.3f},{episode_return:.6g},{length}\n")
+                self.episodes_file.write(f"{agent_steps},{run_seconds:.3f},{episode_return:.6g},{length}\n")
         self.recent_returns.extend(returns.tolist())
 
         sps = self.steps_per_second(agent_steps)
@@ -176,6 +225,7 @@ class StatsLogger:
                 "mean_return_last20": self.mean_recent_return}
 
     def close(self) -> None:
+        """Write summary.json, close the files, and finish the wandb run (with the summary in it)."""
         if not self.writes:
             return
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
@@ -183,3 +233,6 @@ class StatsLogger:
         self.episodes_file.close()
         if self.writer is not None:
             self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({f"summary/{key}": value for key, value in self.summary().items()})
+            self.wandb_run.finish()

@@ -23,6 +23,9 @@ Tasks (`mettagrid/<name>`, with `:key=value` overrides, e.g. `mettagrid/hearts:a
 - `hearts_sparse`: the same agents on a 25x25 map with 4 altars of 3 hearts and more walls: fewer,
   farther rewards, which a random walk rarely finds.
 Both share spaces (tokens, 5 actions: noop and four moves), so a curriculum can mix them.
+
+Replays: with `replay_dir`, MettaGrid's own ReplayLogWriter records the first simulation's
+episodes for MettaGrid's MettaScope viewer (`evaluation.video` uses it for evaluation episodes).
 """
 
 from __future__ import annotations
@@ -104,7 +107,9 @@ class MettaGridVecEnv:
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, curriculum: Curriculum, num_envs: int, seed: int = 0):
+    def __init__(self, curriculum: Curriculum, num_envs: int, seed: int = 0, replay_dir: str | None = None):
+        """replay_dir: MettaGrid's ReplayLogWriter writes every finished episode of the first simulation
+        there as a replay for its MettaScope viewer (<episode id>.json.z)."""
         Simulator, Buffers = _import_mettagrid()
         self.curriculum = curriculum
         self.configs = [task_config(task) for task in curriculum.tasks]
@@ -139,6 +144,11 @@ class MettaGridVecEnv:
                         for rows in map(self._rows, range(num_envs))]
 
         self.simulators = [Simulator() for _ in range(num_envs)]  # a Simulator runs one simulation at a time
+        if replay_dir is not None:
+            from mettagrid.simulator import ReplayLogWriter  # the optional extra, imported above
+
+            os.makedirs(replay_dir, exist_ok=True)
+            self.simulators[0].add_event_handler(ReplayLogWriter(replay_dir))
         self.simulations: list[Any] = [None] * num_envs
         self.task_index = np.zeros(num_envs, np.int64)
         self.needs_reset = np.zeros(num_envs, bool)

@@ -13,7 +13,7 @@ Under torchrun both loops run on every process, unchanged: `join_process_group` 
 process, each rank seeds its own RNG and environments (`rank_seed`), the ranks start from rank 0's
 weights, and the helpers here share what must be shared: the run directory's name, the checkpoint
 (rank 0 writes it with every rank's RNG state; on resume rank 0 reads it and every rank restores
-it), the decision to stop. Rank 0 alone evaluates and writes files (log.py: and logs).
+it), the decision to stop. Rank 0 alone evaluates and writes files (log.py: and logs, to wandb too).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import ConfigError, PPOConfig, TrainerConfig, TrainingConfig
 from cleanmetta.curriculum import Curriculum
 from cleanmetta.envs import make_vecenv
-from cleanmetta.evaluate import PolicyEvaluator, suite_from_config
+from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
 from cleanmetta.experience import Experience
-from cleanmetta.log import StatsLogger
+from cleanmetta.log import StatsLogger, start_wandb
 from cleanmetta.losses import make_custom_losses
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.ppo import CustomLoss, PPOOptimizer
@@ -274,16 +274,21 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
     optimizer = optimizer or make_optimizer(policy, config.trainer, device)
     checkpointer = TrainingCheckpointer(run_dir, policy_store or PolicyStore(run_dir))
     reward_scaler = make_reward_scaler(config, vecenv)
+    evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic,
+                                video_dir(run_dir) if config.evaluation.video else None)
     epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler)
+    wandb_run = start_wandb(config, run_dir, resume=agent_steps > 0)
+    if config.log.wandb_checkpoints:
+        checkpointer.wandb_run = wandb_run
     losses = list(custom_losses) if custom_losses is not None else make_custom_losses(ppo_config)
     return TrainingComponents(
         policy=policy, optimizer=optimizer, vecenv=vecenv,
         collector=RolloutCollector(vecenv, policy, experience, device, reward_scaler),
         ppo=PPOOptimizer(policy, optimizer, device, ppo_config),
         logger=StatsLogger(run_dir, config, config.trainer.total_timesteps, config.log.tensorboard,
-                           config.log.console_interval, start_step=agent_steps),
+                           config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run),
         checkpointer=checkpointer,
-        evaluator=PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic),
+        evaluator=evaluator,
         custom_losses=losses, device=device, start_epoch=epoch, start_agent_steps=agent_steps,
     )
 
@@ -316,13 +321,17 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
 
 
 def evaluate_and_log(evaluator: PolicyEvaluator, policy, logger: StatsLogger, agent_steps: int) -> dict[str, float]:
-    """Evaluate on rank 0 (the only rank without torchrun) and log the scores; other ranks get {}."""
+    """Evaluate on rank 0 (the only rank without torchrun) and log the scores (and the videos, when the
+    evaluator records them); other ranks get {}."""
     if not distributed.is_main():
         return {}
     scores: dict[str, float] = {}
-    for name, result in evaluator.evaluate(policy).items():
+    videos: dict[str, str] = {}
+    for name, result in evaluator.evaluate(policy, agent_steps).items():
         scores.update(result.scores(name))
+        videos.update({f"videos/{name}": path for path in result.recordings if path.endswith(".mp4")})
     logger.log_scalars(agent_steps, {f"eval/{key}": value for key, value in scores.items()})
+    logger.log_videos(agent_steps, videos)
     return scores
 
 

@@ -151,18 +151,3 @@ def test_load_policy_checks_the_env_spaces(tmp_path):
 
     with pytest.raises(CheckpointError, match="saved for .* Discrete\\(2\\).* but the env has .*Discrete\\(5\\)"):
         checkpointer.load_policy(state, OtherEnv())
-
-
-def test_wandb_run_receives_every_saved_file(tmp_path):
-    class FakeRun:
-        def __init__(self):
-            self.saved = []
-
-        def save(self, path, base_path=None):
-            self.saved.append(os.path.relpath(path, base_path))
-
-    run = FakeRun()
-    checkpointer = TrainingCheckpointer(str(tmp_path), wandb_run=run)
-    checkpointer.save_policy(make(), 1)
-    checkpointer.save_trainer_state(0, 1, {}, str(tmp_path))
-    assert run.saved == [os.path.join("policies", "policy_000001.pt"), "trainer_state.pt"]

@@ -21,7 +21,7 @@ FLOORS = [  # bottom first
     ["policy"],                                            # 5 networks
     ["collector", "ppo", "losses"],                        # 6 rollout, PPO update, custom losses
     ["checkpoint", "log"],                                 # 7 files on disk, metrics
-    ["evaluate"],                                          # 8 scoring (its CLI reads the policy store)
+    ["evaluate", "plot"],                                  # 8 scoring (its CLI reads the policy store); curves
     ["trainer", "__init__"],                               # 9 run setup and the functional loop; public names
     ["train", "examples"],                                 # 10 the training script, examples
     ["benchmarks"],                                        # 11 measure train.py and the components

@@ -53,8 +53,10 @@ def test_resume_restores_policy_optimizer_and_counters_exactly(tmp_run_root):
     assert (result["epoch"], result["agent_steps"]) == (6, 3072)
     assert [r.epoch for r in PolicyStore(run_dir).records()] == [2, 3, 4, 6]
     with open(os.path.join(run_dir, "episodes.csv")) as f:
-        steps = [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
+        rows = [line.split(",") for line in f.read().splitlines()[1:]]
+    steps, seconds = [int(row[0]) for row in rows], [float(row[1]) for row in rows]
     assert steps == sorted(steps) and steps[-1] > 1536  # one CSV, appended after the resume
+    assert seconds == sorted(seconds)  # training time goes on from the first part's, as the steps do
 
 
 def test_resume_refuses_a_run_directory_of_another_experiment(tmp_run_root):

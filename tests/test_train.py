@@ -100,25 +100,3 @@ def test_train_script_rejects_an_invalid_value(tmp_run_root):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "ppo.num_minibatches=3 must divide the batch size" in out.stderr
-
-
-def test_stats_logger_sends_the_same_scalars_to_a_wandb_run(tmp_path):
-    import numpy as np
-
-    from cleanmetta.log import StatsLogger
-
-    class FakeRun:
-        def __init__(self):
-            self.logged = []
-
-        def log(self, data, step):
-            self.logged.append((step, dict(data)))
-
-    run = FakeRun()
-    logger = StatsLogger(str(tmp_path), tensorboard=False, console_interval=1e9, wandb_run=run)
-    logger.log_epoch(512, {"episodic_return": np.array([10.0, 20.0]), "episodic_length": np.array([10, 20])},
-                     {"policy_loss": 0.1, "my_loss": 0.2}, 2.5e-4)
-    logger.close()
-    step, data = run.logged[0]
-    assert step == 512 and data["charts/episodic_return"] == 15.0
-    assert data["losses/policy_loss"] == 0.1 and data["losses/my_loss"] == 0.2
