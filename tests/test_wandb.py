@@ -182,3 +182,15 @@ def test_wandb_checkpoints_without_wandb_is_a_config_error():
     config.log.wandb_checkpoints = True
     with pytest.raises(ConfigError, match="log.wandb_checkpoints=True uploads to the wandb run: add --log.wandb"):
         config.validate()
+
+
+@needs_wandb
+@pytest.mark.skipif(importlib.util.find_spec("moviepy") is None, reason='needs pip install -e ".[video]"')
+def test_evaluation_videos_reach_the_wandb_run(tmp_path, offline):
+    train.main(wandb_config(str(tmp_path), steps=512 * 2, evaluation__video=True))
+    (path,) = offline_runs(os.path.join(str(tmp_path), "run"))
+    (row,) = [row for row in history(wandb_records(path)) if "videos/CartPole-v1/_type" in row]
+    assert row["videos/CartPole-v1/_type"] == "video-file" and row["global_step"] == 1024
+    uploaded = os.path.join(os.path.dirname(path), "files", row["videos/CartPole-v1/path"])
+    with open(uploaded, "rb") as f:  # wandb's copy of the mp4 in the run directory
+        assert f.read(12)[4:8] == b"ftyp"
