@@ -4,7 +4,8 @@
 
 Each run directory's `episodes.csv` (written by log.py: agent_steps, seconds, return, length of
 every finished episode) gives one curve: at each point, the mean return of the last 20 episodes
-that had ended by then, as the console's "return (last 20)". Runs whose config.json is the same
+that had ended by then, as the console's "return (last 20)" (with all episodes of the epoch the
+earliest of them ended in: a multi-agent epoch ends many at once). Runs whose config.json is the same
 but for the seed (and the run's name and paths) are one experiment: drawn as the mean of its seeds'
 curves with a band from the lowest to the highest seed, where every seed has data. Two panels: against agent steps and
 against training seconds. Benchmarks draw their own runs (and other libraries') with
@@ -51,13 +52,15 @@ def read_episodes(run_dir: str) -> np.ndarray:
 
 
 def last_mean(x: np.ndarray, returns: np.ndarray, grid: np.ndarray, window: int = 20) -> np.ndarray:
-    """At each grid point, the mean of the last `window` returns whose x (step or second) is <= it;
-    NaN before the first episode and after the last one (the run has no data there)."""
+    """At each grid point, the mean of the last `window` returns whose x (step or second) is <= it,
+    and of every other episode logged at the same x as the earliest of those (a run logs an epoch's
+    episodes at one step: a MettaGrid epoch ends 64 agents' episodes at once, and the mean of any 20
+    of them would depend on their order); NaN before the first episode and after the last one."""
     order = np.argsort(x, kind="stable")
     x, returns = x[order], returns[order]
     sums = np.concatenate([[0.0], np.cumsum(returns)])
     end = np.searchsorted(x, grid, side="right")
-    start = np.maximum(end - window, 0)
+    start = np.searchsorted(x, x[np.maximum(end - window, 0)], side="left")
     with np.errstate(invalid="ignore", divide="ignore"):
         means = (sums[end] - sums[start]) / (end - start)
     means[(end == 0) | (grid > x[-1])] = np.nan

@@ -44,6 +44,13 @@ def test_last_mean_is_the_mean_of_the_last_episodes_ended_by_each_point():
     assert means[1:4].tolist() == [1.0, 1.5, 4.0]
 
 
+def test_episodes_logged_at_the_same_step_count_together():
+    x = np.array([10.0, 20.0, 20.0, 20.0, 30.0])  # three episodes ended in the epoch logged at step 20
+    returns = np.array([1.0, 2.0, 4.0, 6.0, 8.0])
+    means = last_mean(x, returns, np.array([20.0, 30.0]), window=2)
+    assert means.tolist() == [4.0, 5.0]  # all of step 20's episodes, not the last two of them in file order
+
+
 def test_experiment_curve_averages_seeds_where_all_of_them_have_data():
     a = np.array([[0, 0, 1.0], [100, 1, 1.0]])
     b = np.array([[0, 0, 3.0], [50, 1, 3.0]])  # ends earlier
