@@ -44,6 +44,8 @@ NetworkName = Literal["auto", "mlp", "simple_cnn", "token"]
 """policy.POLICIES' networks, and 'auto' (chosen from the observation space)."""
 CustomLossName = Literal["curiosity", "diversity"]
 """losses.CUSTOM_LOSSES' losses."""
+LRScheduleName = Literal["linear", "cosine"]
+"""trainer.learning_rate_at's decays."""
 
 
 @dataclass
@@ -86,7 +88,11 @@ class TrainerConfig:
     learning_rate: float = 2.5e-4
     """Adam learning rate at the start of training."""
     anneal_lr: bool = True
-    """decay the learning rate linearly to zero over the run."""
+    """decay the learning rate to zero over the run, by trainer.lr_schedule (False: constant)."""
+    lr_schedule: LRScheduleName = "linear"
+    """with anneal_lr: 'linear' (CleanRL's) or 'cosine' (half a cosine wave) decay to zero."""
+    lr_warmup: float = 0.0
+    """fraction of the run's epochs over which the learning rate first rises linearly to learning_rate (0: none)."""
     adam_eps: float = 1e-5
     """Adam epsilon (1e-5 as in the reference implementations, not torch's 1e-8)."""
 
@@ -295,6 +301,10 @@ class TrainingConfig:
         check(trainer.total_timesteps >= 1, "trainer.total_timesteps", trainer.total_timesteps, "must be >= 1")
         check(trainer.num_steps >= 1, "trainer.num_steps", trainer.num_steps, "must be >= 1")
         positive("trainer.learning_rate", trainer.learning_rate)
+        check(trainer.lr_schedule in typing.get_args(LRScheduleName), "trainer.lr_schedule", trainer.lr_schedule,
+              f"must be one of {list(typing.get_args(LRScheduleName))} (a constant rate: --trainer.no-anneal-lr)")
+        check(isinstance(trainer.lr_warmup, (int, float)) and 0 <= trainer.lr_warmup < 1, "trainer.lr_warmup",
+              trainer.lr_warmup, "must be a fraction of the run in [0, 1)")
         positive("trainer.adam_eps", trainer.adam_eps)
 
         ppo = self.ppo

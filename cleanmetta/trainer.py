@@ -92,10 +92,21 @@ def make_reward_scaler(config: TrainingConfig, vecenv) -> RewardScaler | None:
 
 
 def learning_rate_at(trainer: TrainerConfig, epoch: int, num_epochs: int) -> float:
-    """Learning rate for 0-based `epoch`: linear decay from learning_rate towards 0 when anneal_lr."""
+    """Learning rate for 0-based `epoch` of `num_epochs`. First a warm-up over the first
+    lr_warmup x num_epochs epochs (rising linearly: epoch i of w gets (i + 1) / (w + 1) of the
+    rate), then, when anneal_lr, a decay from learning_rate towards 0 over the remaining epochs:
+    linear (1 - progress; without warm-up, CleanRL's 1 - epoch / num_epochs) or cosine
+    ((1 + cos(pi x progress)) / 2); else constant. A function of the epoch only, so a resumed run
+    continues the same schedule."""
+    warmup = round(trainer.lr_warmup * num_epochs)
+    if epoch < warmup:
+        return trainer.learning_rate * (epoch + 1) / (warmup + 1)
     if not trainer.anneal_lr:
         return trainer.learning_rate
-    return trainer.learning_rate * (1.0 - epoch / num_epochs)
+    progress = (epoch - warmup) / (num_epochs - warmup)
+    if trainer.lr_schedule == "cosine":
+        return trainer.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return trainer.learning_rate * (1.0 - progress)
 
 
 def run_dir_for(config: TrainingConfig) -> str:

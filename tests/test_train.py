@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from cleanmetta.config import TrainingConfig, continuous_config, mettagrid_config, small_fast_config
+from cleanmetta.config import ConfigError, TrainingConfig, continuous_config, mettagrid_config, small_fast_config
 from cleanmetta.trainer import learning_rate_at, resolve_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +74,49 @@ def test_learning_rate_anneals_linearly_to_zero():
     assert learning_rate_at(trainer, 9, 10) == pytest.approx(trainer.learning_rate / 10)
     trainer.anneal_lr = False
     assert learning_rate_at(trainer, 9, 10) == trainer.learning_rate
+
+
+def test_cosine_schedule_starts_at_the_rate_halves_midway_and_ends_near_zero():
+    trainer = TrainingConfig().trainer
+    trainer.lr_schedule = "cosine"
+    rates = [learning_rate_at(trainer, epoch, 100) for epoch in range(100)]
+    assert rates[0] == trainer.learning_rate and rates[50] == pytest.approx(trainer.learning_rate / 2)
+    assert 0 < rates[-1] < 1e-3 * trainer.learning_rate and rates == sorted(rates, reverse=True)
+
+
+@pytest.mark.parametrize("schedule, anneal", [("linear", True), ("cosine", True), ("linear", False)])
+def test_warm_up_rises_to_the_rate_then_the_schedule_runs_over_the_remaining_epochs(schedule, anneal):
+    trainer = TrainingConfig().trainer
+    trainer.lr_schedule, trainer.anneal_lr, trainer.lr_warmup = schedule, anneal, 0.1
+    lr = trainer.learning_rate
+    rates = [learning_rate_at(trainer, epoch, 100) for epoch in range(100)]
+    assert rates[0] == pytest.approx(lr / 11) and rates[9] == pytest.approx(lr * 10 / 11)  # 10 warm-up epochs
+    assert rates[:10] == sorted(rates[:10]) and rates[10] == lr
+    plain = TrainingConfig().trainer
+    plain.lr_schedule, plain.anneal_lr = schedule, anneal
+    for epoch in range(10, 100):  # after the warm-up: the schedule without warm-up, over 90 epochs
+        assert rates[epoch] == pytest.approx(learning_rate_at(plain, epoch - 10, 90))
+
+
+def test_the_run_trains_with_the_scheduled_rates(tmp_run_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = quick_config(tmp_run_root, steps=512 * 8)
+    config.trainer.lr_schedule, config.trainer.lr_warmup = "cosine", 0.25
+    run_dir = train.main(config)["run_dir"]
+    logged = [event.value for event in EventAccumulator(run_dir).Reload().Scalars("charts/learning_rate")]
+    assert logged == pytest.approx([learning_rate_at(config.trainer, epoch, 8) for epoch in range(8)])
+    assert logged[1] == pytest.approx(config.trainer.learning_rate * 2 / 3)  # 2 warm-up epochs, then the peak
+    assert logged[2] == pytest.approx(config.trainer.learning_rate)
+
+
+def test_lr_schedule_values_are_checked():
+    config = TrainingConfig()
+    config.trainer.lr_schedule, config.trainer.lr_warmup = "exponential", 1.0
+    with pytest.raises(ConfigError) as err:
+        config.validate()
+    assert "trainer.lr_schedule='exponential' must be one of ['linear', 'cosine']" in str(err.value)
+    assert "trainer.lr_warmup=1.0 must be a fraction of the run in [0, 1)" in str(err.value)
 
 
 def test_cuda_request_without_a_gpu_is_a_clear_error():
