@@ -40,7 +40,6 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # be
 
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
-from cleanmetta.plot import read_episodes  # noqa: E402
 
 NOVEL = compare.Task("CartPoleNoVel-v1", "recurrent-zoo", 100_000, 475.0)
 SHARED = compare.Task("CartPoleNoVel-v1", "recurrent", 100_000, 475.0)
@@ -88,17 +87,13 @@ def mettagrid(seeds: list[int], steps: int, workdir: str, out: str) -> dict:
     episodes: dict[str, list] = {name: [] for name in METTAGRID}
     for i, seed in enumerate(seeds):
         for name in compare.rotated(list(METTAGRID), i):
-            run_name = f"mettagrid_{METTAGRID[name]}_seed{seed}"
-            compare.run_process([sys.executable, "train.py", "--preset", METTAGRID[name], "--env.id", task,
-                                 "--seed", str(seed), "--trainer.total-timesteps", str(steps), "--log.run-root",
-                                 workdir, "--experiment-name", run_name, "--log.console-interval", "1e9",
-                                 "--log.no-tensorboard"])
-            run_dir = os.path.join(workdir, run_name)
-            with open(os.path.join(run_dir, "summary.json")) as f:
-                summary = json.load(f)
+            label = f"mettagrid_{METTAGRID[name]}"
+            run = compare.run_cleanmetta(seed, steps, workdir, ["--preset", METTAGRID[name], "--env.id", task,
+                                                                "--log.no-tensorboard"], label=label)
+            run_dir = os.path.join(workdir, f"{label}_seed{seed}")
             reward = evaluator.evaluate(PolicyStore(run_dir).latest().policy)["sparse"].mean_return
-            episodes[name].append(read_episodes(run_dir))
-            row = {"seed": seed, "sps": summary["agent_steps"] / summary["seconds"], "reward": reward}
+            episodes[name].append(run["episodes"])
+            row = {"seed": seed, "sps": run["steps"] / run["train"], "reward": reward}
             results[name].append(row)
             print(f"mettagrid {name:12s} seed {seed}: {row['sps']:7,.0f} agent-steps/s, evaluated reward "
                   f"{reward:.2f} per agent", flush=True)
