@@ -33,7 +33,7 @@ from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
 from cleanmetta.experience import Experience
 from cleanmetta.log import StatsLogger, start_wandb
-from cleanmetta.losses import make_custom_losses
+from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
 from cleanmetta.spaces import UnsupportedEnvError
@@ -67,7 +67,7 @@ def main(config: TrainingConfig) -> dict:
         checkpointer.wandb_run = wandb_run  # wandb: every saved policy as a model artifact
     collector = RolloutCollector(vecenv, policy, experience, device, reward_scaler)
     ppo = PPOOptimizer(policy, optimizer, device, config.ppo)
-    custom_losses = make_custom_losses(config.ppo)
+    custom_losses = make_custom_losses(config.ppo, vecenv, device)  # by name; kickstart loads its teacher here
     logger = StatsLogger(run_dir, config, config.trainer.total_timesteps, config.log.tensorboard,
                          config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run)
 
@@ -82,7 +82,8 @@ def main(config: TrainingConfig) -> dict:
 
             rollout_stats, num_steps = collector.collect()
             agent_steps += num_steps
-            update_stats = ppo.update(experience, custom_losses)
+            set_agent_steps(custom_losses, agent_steps)  # kickstart: the teacher's weight fades with agent steps
+            update_stats = ppo.update(experience, custom_losses, progress=(epoch + 1) / num_epochs)
             epoch += 1
             logger.log_epoch(agent_steps, rollout_stats, update_stats, learning_rate)
 

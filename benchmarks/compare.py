@@ -39,7 +39,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import import_extra
+from cleanmetta.evaluate import PolicyEvaluator, Simulation
 from cleanmetta.plot import plot_curves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,6 +109,19 @@ def run_cleanmetta(seed: int, total_timesteps: int | None, workdir: str, extra: 
         episodes = [(int(r["agent_steps"]), float(r["seconds"]), float(r["return"])) for r in csv.DictReader(f)]
     return {"wall": wall, "train": summary["seconds"], "steps": summary["agent_steps"], "rss": rss,
             "episodes": episodes}
+
+
+def run_evaluated(seed: int, total_timesteps: int, workdir: str, extra: list[str], label: str, task: str) -> dict:
+    """run_cleanmetta on `task`, then its final policy evaluated over 16 episodes (fixed seed, sampled
+    actions): the run's dict with `sps` (agent steps per second of the training loop) and `reward`
+    (mean return per agent) added; prints one line."""
+    run = run_cleanmetta(seed, total_timesteps, workdir, ["--env.id", task, "--log.no-tensorboard", *extra], label)
+    policy = PolicyStore(os.path.join(workdir, f"{label}_seed{seed}")).latest().policy
+    evaluator = PolicyEvaluator([Simulation("final", task, episodes=16, seed=12345)])
+    run.update(sps=run["steps"] / run["train"], reward=evaluator.evaluate(policy)["final"].mean_return)
+    print(f"{task} {label} seed {seed}: {run['sps']:7,.0f} agent-steps/s, evaluated reward {run['reward']:.2f} per "
+          "agent", flush=True)
+    return run
 
 
 def run_sb3(task: Task, seed: int, total_timesteps: int, workdir: str, threads: int) -> dict:

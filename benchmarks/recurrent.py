@@ -38,8 +38,6 @@ import compare  # noqa: E402  (this folder is first on sys.path)
 
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # benchmarks/mettagrid.py: not the package
 
-from cleanmetta.checkpoint import PolicyStore  # noqa: E402
-from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
 
 NOVEL = compare.Task("CartPoleNoVel-v1", "recurrent-zoo", 100_000, 475.0)
 SHARED = compare.Task("CartPoleNoVel-v1", "recurrent", 100_000, 475.0)
@@ -82,21 +80,14 @@ def cartpole(seeds: list[int], steps: int, contenders: list[str], workdir: str, 
 
 def mettagrid(seeds: list[int], steps: int, workdir: str, out: str) -> dict:
     task = "mettagrid/hearts_sparse"
-    evaluator = PolicyEvaluator([Simulation("sparse", task, episodes=16, seed=12345)])
     results: dict[str, list[dict]] = {name: [] for name in METTAGRID}
     episodes: dict[str, list] = {name: [] for name in METTAGRID}
     for i, seed in enumerate(seeds):
         for name in compare.rotated(list(METTAGRID), i):
-            label = f"mettagrid_{METTAGRID[name]}"
-            run = compare.run_cleanmetta(seed, steps, workdir, ["--preset", METTAGRID[name], "--env.id", task,
-                                                                "--log.no-tensorboard"], label=label)
-            run_dir = os.path.join(workdir, f"{label}_seed{seed}")
-            reward = evaluator.evaluate(PolicyStore(run_dir).latest().policy)["sparse"].mean_return
+            run = compare.run_evaluated(seed, steps, workdir, ["--preset", METTAGRID[name]],
+                                        f"mettagrid_{METTAGRID[name]}", task)
             episodes[name].append(run["episodes"])
-            row = {"seed": seed, "sps": run["steps"] / run["train"], "reward": reward}
-            results[name].append(row)
-            print(f"mettagrid {name:12s} seed {seed}: {row['sps']:7,.0f} agent-steps/s, evaluated reward "
-                  f"{reward:.2f} per agent", flush=True)
+            results[name].append({"seed": seed, "sps": run["sps"], "reward": run["reward"]})
     print(f"\n{task}, {steps:,} agent steps, seeds {seeds}; medians over seeds (reward: each seed's)\n")
     print("| network | agent-steps/s | evaluated reward per agent |")
     print("|---|---|---|")

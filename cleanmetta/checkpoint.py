@@ -113,6 +113,15 @@ def load_policy_file(path: str, device: torch.device | str = "cpu"):
     return policy.to(device)
 
 
+def check_policy_spaces(policy, observation_space, action_space, where: str) -> None:
+    """CheckpointError unless the saved network `policy` (its .spec) was built for these spaces."""
+    saved_obs = space_from_dict(policy.spec["observation_space"])
+    saved_action = space_from_dict(policy.spec["action_space"])
+    if not (spaces_match(saved_obs, observation_space) and spaces_match(saved_action, action_space)):
+        raise CheckpointError(f"{where}: saved for observation space {saved_obs} and action space {saved_action}, "
+                              f"but the env has {observation_space} and {action_space}")
+
+
 class PolicyStore:
     """The policy records of one run, indexed in `<directory>/policies.json`."""
 
@@ -252,15 +261,9 @@ class TrainingCheckpointer:
         """
         uri = checkpoint.get("policy_uri", "latest") if isinstance(checkpoint, dict) else checkpoint
         record = self.policy_store.get(uri)
-        policy = record.policy
         if env is not None:
-            obs_space = getattr(env, "single_observation_space", None) or env.observation_space
-            action_space = getattr(env, "single_action_space", None) or env.action_space
-            saved_obs = space_from_dict(policy.spec["observation_space"])
-            saved_action = space_from_dict(policy.spec["action_space"])
-            if not (spaces_match(saved_obs, obs_space) and spaces_match(saved_action, action_space)):
-                raise CheckpointError(f"{record.uri}: saved for observation space {saved_obs} and action space "
-                                      f"{saved_action}, but the env has {obs_space} and {action_space}")
+            check_policy_spaces(record.policy, getattr(env, "single_observation_space", None) or env.observation_space,
+                                getattr(env, "single_action_space", None) or env.action_space, record.uri)
         return record
 
     def _log_artifact(self, record: PolicyRecord) -> None:

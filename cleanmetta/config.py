@@ -42,7 +42,7 @@ def import_extra(module: str, extra: str, feature: str) -> Any:
 
 NetworkName = Literal["auto", "mlp", "simple_cnn", "token"]
 """policy.POLICIES' networks, and 'auto' (chosen from the observation space)."""
-CustomLossName = Literal["curiosity", "diversity"]
+CustomLossName = Literal["curiosity", "diversity", "kickstart"]
 """losses.CUSTOM_LOSSES' losses."""
 LRScheduleName = Literal["linear", "cosine"]
 """trainer.learning_rate_at's decays."""
@@ -83,8 +83,8 @@ class TrainerConfig:
     num_steps: int = 128
     """steps each environment runs per rollout; batch size = num_steps x agents."""
     bptt_horizon: int = 0
-    """with an LSTM (agent.lstm_size): steps per training segment; each agent's rollout is cut into
-    num_steps / bptt_horizon segments, and minibatches are whole segments (0: the whole rollout)."""
+    """steps per training segment when minibatches are whole segments (with an LSTM, ppo.vtrace or
+    ppo.prio_alpha > 0): each agent's rollout is cut into num_steps / bptt_horizon segments (0: the whole rollout)."""
     learning_rate: float = 2.5e-4
     """Adam learning rate at the start of training."""
     anneal_lr: bool = True
@@ -129,12 +129,32 @@ class PPOConfig:
     """torch.compile the minibatch loss: ~20 s to compile, then ~30% faster CPU minibatches (pays past ~0.5M steps)."""
     target_kl: float | None = None
     """stop an update's epochs early once approx_kl exceeds this (None: never)."""
+    vtrace: bool = False
+    """recompute each minibatch's advantages by V-trace with the current policy's importance ratios,
+    clipped by vtrace_rho_clip and vtrace_c_clip (minibatches become whole segments, see trainer.bptt_horizon)."""
+    vtrace_rho_clip: float = 1.0
+    """V-trace: clip of the ratio that weights each TD error (IMPALA's rho-bar)."""
+    vtrace_c_clip: float = 1.0
+    """V-trace: clip of the ratio that carries later TD errors back (IMPALA's c-bar)."""
+    prio_alpha: float = 0.0
+    """prioritized minibatches: segments drawn with probability proportional to their summed |advantage|
+    to this power (0: the uniform shuffle)."""
+    prio_beta0: float = 0.6
+    """prioritized minibatches: exponent of the importance weights (S p)^-beta at the start, annealed to 1."""
     custom_losses: list[CustomLossName] = field(default_factory=list)
     """extra losses added to every minibatch, by name (the table in cleanmetta/losses.py)."""
     curiosity_coef: float = 0.01
     """weight of the 'curiosity' loss (surprise-weighted entropy bonus)."""
     diversity_coef: float = 0.01
     """weight of the 'diversity' loss (entropy of the batch's average action distribution)."""
+    kickstart_teacher: str | None = None
+    """'kickstart' loss: the teacher, a run directory (its latest policy) or a policy file."""
+    kickstart_action_coef: float = 1.0
+    """'kickstart' loss: weight of KL(teacher || student) of the action distributions at the start."""
+    kickstart_value_coef: float = 0.5
+    """'kickstart' loss: weight of the squared error to the teacher's value at the start."""
+    kickstart_steps: int = 250_000
+    """'kickstart' loss: agent steps over which both weights decay linearly to 0 (the teacher is then unused)."""
 
 
 @dataclass
@@ -312,15 +332,18 @@ class TrainingConfig:
         check(0 <= ppo.gae_lambda <= 1, "ppo.gae_lambda", ppo.gae_lambda, "must be in [0, 1]")
         check(ppo.update_epochs >= 1, "ppo.update_epochs", ppo.update_epochs, "must be >= 1")
         check(ppo.num_minibatches >= 1, "ppo.num_minibatches", ppo.num_minibatches, "must be >= 1")
+        # minibatches of whole segments (ppo.py): an LSTM replays them, V-trace and prioritized sampling need them
+        segmented = self.agent.lstm_size > 0 or ppo.vtrace or ppo.prio_alpha > 0
         check(trainer.bptt_horizon >= 0, "trainer.bptt_horizon", trainer.bptt_horizon, "must be >= 0")
-        check(trainer.bptt_horizon == 0 or self.agent.lstm_size > 0, "trainer.bptt_horizon", trainer.bptt_horizon,
-              "is for recurrent policies; set agent.lstm_size too, or drop the flag")
+        check(trainer.bptt_horizon == 0 or segmented, "trainer.bptt_horizon", trainer.bptt_horizon,
+              "is for segment minibatches (recurrent policies, ppo.vtrace, ppo.prio_alpha > 0); set "
+              "agent.lstm_size, ppo.vtrace or ppo.prio_alpha too, or drop the flag")
         horizon = trainer.bptt_horizon or trainer.num_steps
-        if self.agent.lstm_size > 0 and horizon >= 1 and trainer.num_steps >= 1:
+        if segmented and horizon >= 1 and trainer.num_steps >= 1:
             check(trainer.num_steps % horizon == 0, "trainer.bptt_horizon", trainer.bptt_horizon,
                   f"must divide trainer.num_steps={trainer.num_steps}")
         if ppo.num_minibatches >= 1 and env.num_envs >= 1 and horizon >= 1 and trainer.num_steps % horizon == 0:
-            if self.agent.lstm_size > 0:  # minibatches of whole segments
+            if segmented:
                 units, what = env.num_envs * (trainer.num_steps // horizon), ("the number of segments env.num_envs x "
                                                                              "trainer.num_steps / bptt_horizon")
             else:
@@ -342,6 +365,17 @@ class TrainingConfig:
               "lists a loss twice")
         non_negative("ppo.curiosity_coef", ppo.curiosity_coef)
         non_negative("ppo.diversity_coef", ppo.diversity_coef)
+        check(("kickstart" in ppo.custom_losses) == (ppo.kickstart_teacher is not None), "ppo.kickstart_teacher",
+              ppo.kickstart_teacher, "and 'kickstart' in ppo.custom_losses go together: pass both --ppo.custom-losses "
+              "kickstart and --ppo.kickstart-teacher RUN_DIR_OR_POLICY_FILE")
+        non_negative("ppo.kickstart_action_coef", ppo.kickstart_action_coef)
+        non_negative("ppo.kickstart_value_coef", ppo.kickstart_value_coef)
+        check(ppo.kickstart_steps >= 1, "ppo.kickstart_steps", ppo.kickstart_steps, "must be >= 1")
+        positive("ppo.vtrace_rho_clip", ppo.vtrace_rho_clip)
+        positive("ppo.vtrace_c_clip", ppo.vtrace_c_clip)
+        non_negative("ppo.prio_alpha", ppo.prio_alpha)
+        check(isinstance(ppo.prio_beta0, (int, float)) and 0 <= ppo.prio_beta0 <= 1, "ppo.prio_beta0", ppo.prio_beta0,
+              "must be in [0, 1]")
 
         check(self.checkpoint.interval >= 0, "checkpoint.interval", self.checkpoint.interval, "must be >= 0")
         check(self.evaluation.interval >= 0, "evaluation.interval", self.evaluation.interval, "must be >= 0")

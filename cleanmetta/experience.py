@@ -14,9 +14,14 @@ each agent's rollout is cut into segments of `bptt_horizon` steps, and
     first[t]                                      1 where obs[t] begins an episode (the LSTM state is zeroed)
     lstm_h[k], lstm_c[k]                          the state at the start of segment k (step k * bptt_horizon)
 
-`batch()` then gives whole segments instead of flat samples (see Batch).
+`batch()` then gives whole segments instead of flat samples (see Batch). It does so for a
+feedforward policy too when asked (`batch(segments=True)`): V-trace and prioritized sampling
+(ppo.py) draw whole segments.
 
-This module owns storage, GAE and batching; filling the buffer is the collector's job.
+`advantages` is GAE and, given importance ratios, V-trace: one recursion (`discounted_advantages`)
+serves the rollout's GAE and ppo.py's per-minibatch V-trace.
+
+This module owns storage, advantages and batching; filling the buffer is the collector's job.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ from gymnasium import spaces
 
 
 class Batch(NamedTuple):
-    """Training samples: flat `[N, ...]`, the valid transitions of one rollout; or, for a recurrent
-    policy, segments `[S, L, ...]` (S = agents x segments per agent, L = bptt_horizon) with the
-    fields below them set: every step of each segment, and `mask` saying which ones to train on."""
+    """Training samples: flat `[N, ...]`, the valid transitions of one rollout; or segments
+    `[S, L, ...]` (S = agents x segments per agent, L = bptt_horizon) with the fields from `mask` on
+    set: every step of each segment, and `mask` saying which ones to train on."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -42,8 +47,13 @@ class Batch(NamedTuple):
     returns: torch.Tensor
     mask: torch.Tensor | None = None    # [S, L] 1 on valid steps, 0 on autoreset steps
     first: torch.Tensor | None = None   # [S, L] 1 where an episode begins
-    lstm_h: torch.Tensor | None = None  # [S, lstm_size] the LSTM state at each segment's start
+    lstm_h: torch.Tensor | None = None  # [S, lstm_size] the LSTM state at each segment's start (LSTM only)
     lstm_c: torch.Tensor | None = None
+    # what V-trace needs to recompute a segment's advantages (ppo.vtrace)
+    terminals: torch.Tensor | None = None        # [S, L]
+    dones: torch.Tensor | None = None            # [S, L]
+    next_values: torch.Tensor | None = None      # [S, L] the value of the observation after each step
+    tail_advantages: torch.Tensor | None = None  # [S] the rollout's advantage at the step after the segment
 
     def select(self, index: torch.Tensor | slice) -> Batch:
         """The samples (segments) at `index` (a gather for an index tensor, views for a slice)."""
@@ -64,6 +74,34 @@ def action_layout(action_space: spaces.Space) -> tuple[tuple[int, ...], torch.dt
     return (int(np.prod(action_space.shape)),), torch.float32
 
 
+def discounted_advantages(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                          terminals: torch.Tensor, dones: torch.Tensor, gamma: float, gae_lambda: float,
+                          ratio: torch.Tensor | None = None, rho_clip: float = 1.0, c_clip: float = 1.0,
+                          tail: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Advantages of steps laid out time-first, `[T, ...]`, by the backward recursion
+
+        A_t = rho_t delta_t + gamma lambda c_t (1 - done_t) A_{t+1},
+        delta_t = r_t + gamma V(next obs_t) (1 - terminal_t) - V(obs_t).
+
+    Without `ratio`, rho = c = 1: GAE(gamma, lambda). With `ratio` (pi/mu, the current policy's
+    probability of each stored action over the rollout policy's), rho_t = min(ratio_t, rho_clip) and
+    c_t = min(ratio_t, c_clip): V-trace (IMPALA, Espeholt et al. 2018) in the form Metta's trainer
+    uses, whose returns A + V are the V-trace value targets; with ratio 1 and clips >= 1 it is GAE,
+    bit for bit. `tail` is A after the last step (None: 0, where the rollout ends). A done cuts the
+    recursion, so nothing flows across an episode boundary.
+    """
+    deltas = rewards + gamma * next_values * (1.0 - terminals) - values
+    carry = gamma * gae_lambda * (1.0 - dones)
+    if ratio is not None:
+        deltas = deltas * ratio.clamp(max=rho_clip)
+        carry = carry * ratio.clamp(max=c_clip)
+    out = torch.empty_like(values) if out is None else out
+    next_advantage = torch.zeros_like(values[0]) if tail is None else tail
+    for t in reversed(range(values.shape[0])):
+        next_advantage = torch.addcmul(deltas[t], carry[t], next_advantage, out=out[t])
+    return out
+
+
 class Experience:
     def __init__(
         self,
@@ -77,7 +115,7 @@ class Experience:
     ):
         self.num_steps, self.num_agents = num_steps, num_agents
         self.lstm_size, self.bptt_horizon = lstm_size, bptt_horizon or num_steps
-        if lstm_size and num_steps % self.bptt_horizon:
+        if num_steps % self.bptt_horizon:
             raise ValueError(f"bptt_horizon={bptt_horizon} must divide num_steps={num_steps}")
         self.device = torch.device(device)
         T, B = num_steps, num_agents
@@ -115,26 +153,23 @@ class Experience:
     def batch_size(self) -> int:
         return self.num_steps * self.num_agents
 
-    def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
-        """GAE(gamma, lambda) into `advantages` and `returns` (= advantages + values).
+    def next_values(self) -> torch.Tensor:
+        """[T, B] the value after each step: values[t + 1], last_value after the final step. Under
+        NEXT_STEP autoreset the observation after a truncated step is that episode's final
+        observation, so its value bootstraps the truncation; only a termination zeroes it."""
+        return torch.cat([self.values[1:], self.last_value[None]])
 
-        The value after step t is values[t + 1] (last_value after the final step). Under NEXT_STEP
-        autoreset the observation after a truncated step is that episode's final observation, so
-        its value bootstraps the truncation; only a termination zeroes it. Any done cuts the
-        recursion, so advantages never flow across an episode boundary.
-        """
-        next_values = torch.cat([self.values[1:], self.last_value[None]])
-        deltas = self.rewards + gamma * next_values * (1.0 - self.terminals) - self.values
-        carry = gamma * gae_lambda * (1.0 - self.dones)
-        next_advantage = torch.zeros_like(self.last_value)
-        for t in reversed(range(self.num_steps)):
-            next_advantage = torch.addcmul(deltas[t], carry[t], next_advantage, out=self.advantages[t])
+    def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
+        """GAE(gamma, lambda) into `advantages` and `returns` (= advantages + values)."""
+        discounted_advantages(self.rewards, self.values, self.next_values(), self.terminals, self.dones, gamma,
+                              gae_lambda, out=self.advantages)
         torch.add(self.advantages, self.values, out=self.returns)
 
-    def batch(self) -> Batch:
-        """The valid transitions, flattened to `[N, ...]` (autoreset steps dropped); with an LSTM, the
-        segments `[S, L, ...]`, segment k of agent b at row k * B + b, all steps kept (see Batch)."""
-        if self.lstm_size:
+    def batch(self, segments: bool | None = None) -> Batch:
+        """The valid transitions, flattened to `[N, ...]` (autoreset steps dropped); with an LSTM, or
+        when `segments` is True, the segments `[S, L, ...]`, segment k of agent b at row k * B + b, all
+        steps kept (see Batch)."""
+        if segments or (segments is None and self.lstm_size):
             return self._segments()
         keep = self.valid.flatten().nonzero().squeeze(-1)
 
@@ -150,6 +185,9 @@ class Experience:
         def cut(x: torch.Tensor) -> torch.Tensor:  # [T, B, ...] -> [K * B, L, ...]
             return x.view(K, L, *x.shape[1:]).transpose(1, 2).flatten(0, 1)
 
+        lstm = ((cut(self.first), self.lstm_h.flatten(0, 1), self.lstm_c.flatten(0, 1)) if self.lstm_size
+                else (None, None, None))
+        next_advantages = torch.cat([self.advantages[1:], torch.zeros_like(self.advantages[:1])])
         return Batch(cut(self.obs), cut(self.actions), cut(self.logprobs), cut(self.values), cut(self.rewards),
-                     cut(self.advantages), cut(self.returns), cut(self.valid), cut(self.first),
-                     self.lstm_h.flatten(0, 1), self.lstm_c.flatten(0, 1))
+                     cut(self.advantages), cut(self.returns), cut(self.valid), *lstm, cut(self.terminals),
+                     cut(self.dones), cut(self.next_values()), cut(next_advantages)[:, -1])

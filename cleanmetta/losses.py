@@ -1,8 +1,19 @@
-"""Example custom losses, and the name -> loss table behind `--ppo.custom-losses`.
+"""Custom losses, and the name -> loss table behind `--ppo.custom-losses`.
 
 A custom loss is any `fn(policy, obs, actions, rewards, values, advantages) -> scalar tensor`;
 PPOOptimizer.update adds it to the PPO loss on every minibatch and reports it under fn.__name__.
-Both examples are exploration terms for categorical (Discrete / MultiDiscrete) policies; they
+
+- kickstart (Kickstarter): distil a trained teacher while learning (Schmitt et al. 2018, as
+  Metta's trainer does). The student is pulled towards the teacher's action distribution (KL from
+  the teacher's to the student's) and value (squared error), with weights that fade linearly to 0
+  over ppo.kickstart_steps agent steps: the teacher gives a head start, then PPO takes over.
+
+    python train.py --ppo.custom-losses kickstart --ppo.kickstart-teacher runs/NAME
+
+  A loss whose weight follows training keeps an `agent_steps` attribute; the loops update it
+  before every PPO update (`set_agent_steps`).
+
+The other two are exploration terms for categorical (Discrete / MultiDiscrete) policies; they
 are negative when they reward exploration, since the optimiser minimises the sum.
 
 - curiosity: a surprise-weighted entropy bonus. The advantage magnitude |A| measures how wrong
@@ -16,12 +27,15 @@ are negative when they reward exploration, since the optimiser minimises the sum
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Any, Callable
 
 import torch
+from gymnasium import spaces
 
-from cleanmetta.config import ConfigError
-from cleanmetta.policy import CategoricalHead, entropy_of
+from cleanmetta.checkpoint import CheckpointError, PolicyStore, check_policy_spaces, load_policy_file
+from cleanmetta.config import ConfigError, PPOConfig
+from cleanmetta.policy import CategoricalHead, Policy, entropy_of
 
 CustomLoss = Callable[..., torch.Tensor]
 
@@ -51,17 +65,103 @@ def make_diversity_loss(coef: float) -> CustomLoss:
     return diversity
 
 
-CUSTOM_LOSSES: dict[str, Callable[[float], CustomLoss]] = {
-    "curiosity": make_curiosity_loss,
-    "diversity": make_diversity_loss,
+def action_kl(teacher: Policy, teacher_params: torch.Tensor, student: Policy, student_params: torch.Tensor
+              ) -> torch.Tensor:
+    """KL(teacher || student) [B] between two policies' action distributions: categorical (summed over
+    the independent parts of a MultiDiscrete action) or diagonal Gaussian, in closed form."""
+    if isinstance(student.head, CategoricalHead):
+        nvec = student.head.nvec
+        kl = 0
+        for t, s in zip(teacher_params.split(nvec, -1), student_params.split(nvec, -1)):
+            t, s = t.log_softmax(-1), s.log_softmax(-1)
+            kl = kl + (t.exp() * (t - s)).sum(-1)
+        return kl
+    t_log_std, s_log_std = teacher.head.log_std, student.head.log_std
+    return (s_log_std - t_log_std + ((2 * t_log_std).exp() + (teacher_params - student_params).pow(2))
+            / (2 * (2 * s_log_std).exp()) - 0.5).sum(-1)
+
+
+def load_teacher(path: str, observation_space: spaces.Space, action_space: spaces.Space,
+                 device: torch.device | str = "cpu") -> Policy:
+    """The teacher network of `path`, a run directory (its latest saved policy) or a policy file,
+    frozen and checked against the student's spaces."""
+    try:
+        uri = PolicyStore(path).latest().uri if os.path.isdir(path) else path
+        teacher = load_policy_file(uri, device)
+        check_policy_spaces(teacher, observation_space, action_space, uri)
+    except CheckpointError as err:
+        raise ConfigError(f"ppo.kickstart_teacher={path!r}: {err}; kickstart from a policy trained on the same "
+                          "env (its observation and action spaces)") from None
+    if teacher.recurrent:
+        raise ConfigError(f"ppo.kickstart_teacher={path!r} is recurrent (agent.lstm_size > 0): kickstarting needs "
+                          "a feedforward teacher, whose outputs depend on the minibatch's observations alone")
+    return teacher.eval().requires_grad_(False)
+
+
+class Kickstarter:
+    """The kickstart loss: action_coef x KL(teacher || student) + value_coef x 0.5 (V - V_teacher)^2,
+    means over the minibatch, both weights fading linearly from their value at agent step 0 to 0 at
+    `steps`. With a student equal to its teacher the loss and its gradient are 0."""
+
+    __name__ = "kickstart"
+
+    def __init__(self, teacher: Policy, action_coef: float = 1.0, value_coef: float = 0.5, steps: int = 250_000):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.action_coef, self.value_coef, self.steps = action_coef, value_coef, steps
+        self.agent_steps = 0  # set by the training loop before every update (set_agent_steps)
+
+    def coefficients(self) -> tuple[float, float]:
+        """(action, value) weights at the current agent step."""
+        fade = max(0.0, 1.0 - self.agent_steps / self.steps)
+        return self.action_coef * fade, self.value_coef * fade
+
+    def __call__(self, policy, obs, actions, rewards, values, advantages) -> torch.Tensor:
+        action_coef, value_coef = self.coefficients()
+        if action_coef == 0 and value_coef == 0:  # faded out: no teacher forward pass
+            return torch.zeros((), device=obs.device)
+        with torch.no_grad():
+            teacher_params, teacher_value = self.teacher(obs)
+        params, value = policy(obs)
+        action_loss = action_kl(self.teacher, teacher_params, policy, params).mean()
+        value_loss = 0.5 * (value - teacher_value).pow(2).mean()
+        return action_coef * action_loss + value_coef * value_loss
+
+
+def make_kickstart_loss(ppo_config: PPOConfig, observation_space: spaces.Space, action_space: spaces.Space,
+                        device: torch.device | str = "cpu") -> Kickstarter:
+    teacher = load_teacher(ppo_config.kickstart_teacher, observation_space, action_space, device)
+    return Kickstarter(teacher, ppo_config.kickstart_action_coef, ppo_config.kickstart_value_coef,
+                       ppo_config.kickstart_steps)
+
+
+def set_agent_steps(custom_losses, agent_steps: int) -> None:
+    """Tell the losses whose weights follow training (those with an `agent_steps` attribute, e.g.
+    kickstart) how many agent steps have been trained."""
+    for fn in custom_losses:
+        if hasattr(fn, "agent_steps"):
+            fn.agent_steps = agent_steps
+
+
+CUSTOM_LOSSES: dict[str, Callable[..., CustomLoss]] = {
+    # name -> builder(ppo_config, observation_space, action_space, device)
+    "curiosity": lambda cfg, *env: make_curiosity_loss(cfg.curiosity_coef),
+    "diversity": lambda cfg, *env: make_diversity_loss(cfg.diversity_coef),
+    "kickstart": make_kickstart_loss,
 }
 
 
-def make_custom_losses(ppo_config) -> list[CustomLoss]:
-    """The losses named in ppo_config.custom_losses, each with its coefficient from the config."""
+def make_custom_losses(ppo_config: PPOConfig, vecenv: Any = None, device: torch.device | str = "cpu"
+                       ) -> list[CustomLoss]:
+    """The losses named in ppo_config.custom_losses, built from its settings. `vecenv` (its single_*
+    spaces) and `device` are for the losses that load a network: kickstart's teacher."""
     for name in ppo_config.custom_losses:
         if name not in CUSTOM_LOSSES:
             raise ConfigError(f"ppo.custom_losses={ppo_config.custom_losses} names unknown loss {name!r}; "
                               f"choose from {sorted(CUSTOM_LOSSES)}")
-    coefs = {"curiosity": ppo_config.curiosity_coef, "diversity": ppo_config.diversity_coef}
-    return [CUSTOM_LOSSES[name](coefs[name]) for name in ppo_config.custom_losses]
+    if "kickstart" in ppo_config.custom_losses and (vecenv is None or ppo_config.kickstart_teacher is None):
+        raise ConfigError("the kickstart loss needs ppo.kickstart_teacher and the student's env: "
+                          "make_custom_losses(ppo_config, vecenv, device)")
+    observation_space = getattr(vecenv, "single_observation_space", None)
+    action_space = getattr(vecenv, "single_action_space", None)
+    return [CUSTOM_LOSSES[name](ppo_config, observation_space, action_space, device)
+            for name in ppo_config.custom_losses]

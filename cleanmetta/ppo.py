@@ -16,6 +16,17 @@ then receive a `SegmentReplay` as `policy`: it answers `policy(obs)`, `get_actio
 actions)` and `get_value(obs)` for the minibatch's `obs` from the replay, so autoreset steps count
 in no loss or gradient and a custom loss needs no change to train a recurrent policy.
 
+Two of Metta's additions, both off by default, work on minibatches of whole segments (each agent's
+rollout cut into trainer.bptt_horizon steps, experience.py), for any policy:
+- V-trace (ppo.vtrace): on every minibatch the advantages and returns are recomputed from the stored
+  rewards, values and dones with the current policy's importance ratios, clipped by vtrace_rho_clip
+  and vtrace_c_clip (experience.discounted_advantages); past a segment's end the rollout's GAE
+  stands. While the policy is still the rollout's (ratio 1) this is GAE.
+- Prioritized minibatches (ppo.prio_alpha > 0): segments are drawn with probability p proportional
+  to (sum of |advantage| over the segment)^alpha, and their normalised advantages multiplied by the
+  importance weight (S p)^-beta, beta annealed from ppo.prio_beta0 to 1 by `update(..., progress)`.
+  With alpha 0 the update is the uniform shuffle it always was.
+
 Under torchrun (distributed.py) each process updates on its own rollout and the processes stay one
 policy: after every backward pass the gradients are averaged over all processes, minibatch
 advantages are normalised with the statistics of all processes' minibatches (ppo.global_adv_norm),
@@ -35,7 +46,7 @@ from torch.optim.adam import adam as functional_adam
 
 from cleanmetta import distributed
 from cleanmetta.config import PPOConfig
-from cleanmetta.experience import Experience
+from cleanmetta.experience import Batch, Experience, discounted_advantages
 from cleanmetta.policy import SegmentReplay
 
 CustomLoss = Callable[..., torch.Tensor]
@@ -113,15 +124,26 @@ class PPOOptimizer:
 
     def compute_ppo_loss(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
                          advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
-                         normalize_advantages: bool = True, policy: nn.Module | None = None) -> PPOLosses:
+                         normalize_advantages: bool = True, policy: nn.Module | None = None,
+                         weights: torch.Tensor | None = None) -> PPOLosses:
         """The PPO loss on one minibatch; `values` are the rollout's (old) value estimates. With
         ppo.norm_adv the advantages are normalised here unless `normalize_advantages` is False
         (the caller already has, as update() does with all processes' statistics under torchrun).
         `policy` scores the actions: self.policy by default; update() passes a recurrent policy's
-        SegmentReplay of the minibatch."""
-        cfg = self.config
+        SegmentReplay of the minibatch. `weights` (prioritized sampling's importance weights)
+        multiply the advantages after normalisation."""
         policy = policy if policy is not None else self.policy
         _, new_logprobs, entropy, new_values = policy.get_action_and_value(obs, actions)
+        return self.ppo_objective(new_logprobs, entropy, new_values, old_logprobs, advantages, returns, values,
+                                  normalize_advantages, weights)
+
+    def ppo_objective(self, new_logprobs: torch.Tensor, entropy: torch.Tensor, new_values: torch.Tensor,
+                      old_logprobs: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+                      values: torch.Tensor, normalize_advantages: bool = True,
+                      weights: torch.Tensor | None = None) -> PPOLosses:
+        """compute_ppo_loss from the policy's outputs on the minibatch (its logprobs of the stored
+        actions, entropy and values): for callers that need the outputs first, as V-trace does."""
+        cfg = self.config
         log_ratio = new_logprobs - old_logprobs
         ratio = log_ratio.exp()
         with torch.no_grad():
@@ -130,6 +152,8 @@ class PPOOptimizer:
 
         if cfg.norm_adv and normalize_advantages and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        if weights is not None:
+            advantages = advantages * weights
         policy_loss = torch.max(-advantages * ratio,
                                 -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
 
@@ -145,44 +169,83 @@ class PPOOptimizer:
         total_loss = policy_loss.sub(entropy_loss, alpha=cfg.ent_coef).add(value_loss, alpha=cfg.vf_coef)
         return PPOLosses(policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac)
 
-    def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = ()) -> dict[str, float]:
-        """GAE, then `update_epochs` x `num_minibatches` optimiser steps; returns mean losses and diagnostics."""
+    def vtrace(self, segments: Batch, new_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """V-trace advantages and returns of a minibatch's valid steps, recomputed over its whole
+        segments with the current policy's importance ratios (`new_logprobs` of the valid steps);
+        the steps after each segment keep the rollout's advantages (`tail_advantages`)."""
+        cfg = self.config
+        valid = segments.mask.bool()
+        ratio = torch.ones_like(segments.values)  # autoreset steps: 1 (their advantages reach no valid step)
+        ratio[valid] = (new_logprobs.detach() - segments.logprobs[valid]).exp()
+        advantages = discounted_advantages(
+            segments.rewards.T, segments.values.T, segments.next_values.T, segments.terminals.T, segments.dones.T,
+            cfg.gamma, cfg.gae_lambda, ratio.T, cfg.vtrace_rho_clip, cfg.vtrace_c_clip, segments.tail_advantages).T
+        advantages = advantages[valid]
+        return advantages, advantages + segments.values[valid]
+
+    def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = (),
+               progress: float = 0.0) -> dict[str, float]:
+        """Advantages, then `update_epochs` x `num_minibatches` optimiser steps; returns mean losses
+        and diagnostics. `progress` (the fraction of training done, 0 to 1) anneals prioritized
+        sampling's importance-weight exponent from ppo.prio_beta0 to 1."""
         cfg = self.config
         experience.compute_advantages(cfg.gamma, cfg.gae_lambda)
-        batch = experience.batch()
+        # minibatches of whole segments: for an LSTM's replay, for V-trace, and for prioritized sampling
+        segmented = experience.lstm_size > 0 or cfg.vtrace or cfg.prio_alpha > 0
+        batch = experience.batch(segments=segmented)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         names = ["policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"] + [loss_name(f) for f in custom_loss_fns]
         if len(set(names)) != len(names):
             raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
         history: list[torch.Tensor] = []  # per minibatch: the reported terms, stacked once at the end
 
-        recurrent = batch.mask is not None  # segments [S, L, ...] for an LSTM (experience.py)
+        recurrent = experience.lstm_size > 0  # segments [S, L, ...] replayed through the LSTM (experience.py)
         n = batch.obs.shape[0]  # samples, or segments
         edges = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
         global_adv_norm = cfg.norm_adv and cfg.global_adv_norm and distributed.world_size() > 1
         if distributed.world_size() > 1:  # every process must run every minibatch: each one all-reduces
             fewest = int(distributed.all_reduce(torch.tensor(n), distributed.ReduceOp.MIN))
             if fewest < cfg.num_minibatches:
-                raise ValueError(f"a process has {fewest} {'segments' if recurrent else 'valid samples'}, fewer "
+                raise ValueError(f"a process has {fewest} {'segments' if segmented else 'valid samples'}, fewer "
                                  f"than ppo.num_minibatches={cfg.num_minibatches}; use fewer minibatches or longer "
                                  "rollouts")
+        if cfg.prio_alpha > 0:  # prioritized sampling (Schaul et al. 2016), over segments
+            probs, segment_weights = segment_priorities(batch, cfg.prio_alpha,
+                                                        cfg.prio_beta0 + (1 - cfg.prio_beta0) * progress)
         for _ in range(cfg.update_epochs):
-            shuffled = batch.select(torch.randperm(n, device=self.device))  # one gather per epoch, then slices
-            minibatches = [shuffled.select(slice(start, end)) for start, end in zip(edges[:-1], edges[1:])
-                           if end > start]  # none empty unless there are fewer samples than minibatches
+            if cfg.prio_alpha > 0:  # each segment of each minibatch drawn by priority (with replacement: the
+                # weights (S p)^-beta assume every draw has probability p)
+                picks = [torch.multinomial(probs, end - start, replacement=True) for start, end in zip(edges[:-1], edges[1:])]
+                minibatches = [batch.select(pick) for pick in picks]
+            else:
+                shuffled = batch.select(torch.randperm(n, device=self.device))  # one gather per epoch, then slices
+                minibatches = [shuffled.select(slice(start, end)) for start, end in zip(edges[:-1], edges[1:])
+                               if end > start]  # none empty unless there are fewer samples than minibatches
             # what the losses see: the samples, or the segments' valid steps
-            samples = [mb.valid_steps() for mb in minibatches] if recurrent else minibatches
-            if global_adv_norm:  # torchrun: each minibatch's mean and std over all processes, one all-reduce
-                adv_mean, adv_std = distributed.mean_std([mb.advantages for mb in samples])
+            samples = [mb.valid_steps() for mb in minibatches] if segmented else minibatches
+            if global_adv_norm and not cfg.vtrace:  # torchrun: each minibatch's mean and std over all processes
+                adv_mean, adv_std = distributed.mean_std([mb.advantages for mb in samples])  # one all-reduce
             for i, (segments, mb) in enumerate(zip(minibatches, samples)):
                 policy = self.policy
                 if recurrent:  # the LSTM replayed over the minibatch's segments, from their start states
                     policy = SegmentReplay(self.policy, segments, mb.obs)
-                advantages = mb.advantages
+                weights = None
+                if cfg.prio_alpha > 0:  # each step weighted by its segment's importance weight
+                    weights = segment_weights[picks[i]][:, None].expand_as(segments.mask)[segments.mask.bool()]
+                advantages, returns = mb.advantages, mb.returns
+                if cfg.vtrace:  # the policy's outputs first: the advantages depend on its ratios
+                    _, new_logprobs, entropy, new_values = policy.get_action_and_value(mb.obs, mb.actions)
+                    advantages, returns = self.vtrace(segments, new_logprobs)
                 if global_adv_norm:
-                    advantages = (advantages - adv_mean[i]) / (adv_std[i] + 1e-8)
-                losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, advantages, mb.returns, mb.values,
-                                             normalize_advantages=not global_adv_norm, policy=policy)
+                    mean, std = (adv_mean[i], adv_std[i]) if not cfg.vtrace else distributed.mean_std([advantages])
+                    advantages = (advantages - mean) / (std + 1e-8)
+                if cfg.vtrace:
+                    losses = self.ppo_objective(new_logprobs, entropy, new_values, mb.logprobs, advantages, returns,
+                                                mb.values, not global_adv_norm, weights)
+                else:
+                    losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, advantages, returns, mb.values,
+                                                 normalize_advantages=not global_adv_norm, policy=policy,
+                                                 weights=weights)
                 loss = losses.total_loss
                 custom_values = []
                 for fn in custom_loss_fns:
@@ -213,10 +276,20 @@ class PPOOptimizer:
 
         means = distributed.mean_over_ranks(torch.stack(history).view(-1, len(names)).mean(0))
         stats = dict(zip(names, means.tolist()))
-        if recurrent:
+        if segmented:
             batch = batch.valid_steps()
         obs_norm = getattr(self.policy, "obs_norm", None)
         if obs_norm is not None:  # after the update, so that it scored actions as the rollout saw them
             obs_norm.update(batch.obs.flatten(1))
         stats["explained_variance"] = explained_variance(batch.values, batch.returns)
         return stats
+
+
+def segment_priorities(segments: Batch, alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prioritized sampling of segments: each one's probability p = |A|^alpha / sum (|A| the sum of
+    its valid steps' absolute advantages) and its importance weight (S p)^-beta (S segments), which
+    undoes the sampling bias at beta = 1. Segments with no advantage at all keep a small chance."""
+    magnitude = (segments.advantages.abs() * segments.mask).sum(1)
+    priority = torch.nan_to_num(magnitude.pow(alpha), nan=0.0, posinf=0.0) + 1e-6
+    probs = priority / priority.sum()
+    return probs, (len(probs) * probs).pow(-beta)

@@ -38,7 +38,7 @@ from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
 from cleanmetta.experience import Experience
 from cleanmetta.log import StatsLogger, start_wandb
-from cleanmetta.losses import make_custom_losses
+from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.ppo import CustomLoss, PPOOptimizer
 
@@ -291,7 +291,7 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
     wandb_run = start_wandb(config, run_dir, resume=agent_steps > 0)
     if config.log.wandb_checkpoints:
         checkpointer.wandb_run = wandb_run
-    losses = list(custom_losses) if custom_losses is not None else make_custom_losses(ppo_config)
+    losses = list(custom_losses) if custom_losses is not None else make_custom_losses(ppo_config, vecenv, device)
     return TrainingComponents(
         policy=policy, optimizer=optimizer, vecenv=vecenv,
         collector=RolloutCollector(vecenv, policy, experience, device, reward_scaler),
@@ -317,7 +317,8 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
 
     rollout_stats, num_steps = c.collector.collect()
     state.agent_steps += num_steps
-    update_stats = c.ppo.update(experience, c.custom_losses)
+    set_agent_steps(c.custom_losses, state.agent_steps)
+    update_stats = c.ppo.update(experience, c.custom_losses, progress=(state.epoch + 1) / state.num_epochs)
     state.epoch += 1
     c.logger.log_epoch(state.agent_steps, rollout_stats, update_stats, state.learning_rate)
 

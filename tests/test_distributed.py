@@ -100,9 +100,10 @@ def _update_worker(rank, out_dir, ppo, lstm_size=0):
                os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-@pytest.mark.parametrize("lstm_size", [0, 8])
-def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path, lstm_size):
-    ppo = dict(num_minibatches=1, update_epochs=3)
+@pytest.mark.parametrize("lstm_size, vtrace", [(0, False), (8, False), (0, True)],
+                         ids=["feedforward", "lstm", "vtrace"])
+def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path, lstm_size, vtrace):
+    ppo = dict(num_minibatches=1, update_epochs=3, vtrace=vtrace)  # V-trace: advantages normalised per minibatch
     spawn(_update_worker, str(tmp_path), ppo, lstm_size)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 

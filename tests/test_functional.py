@@ -49,6 +49,23 @@ def test_train_py_and_functional_loop_give_identical_parameters(tmp_run_root):
     assert scores[0] == scores[1] and "CartPole-v1/mean_return" in scores[0][-1]
 
 
+def test_the_loops_agree_with_kickstart_vtrace_and_prioritized_minibatches(tmp_run_root):
+    """Each loop tells the kickstart loss the agent steps and the update its progress (prio beta) alike."""
+    teacher = config_for(tmp_run_root, "teacher")
+    teacher.ppo.custom_losses, teacher.evaluation.interval = [], 0
+    teacher_dir = train.main(teacher)["run_dir"]
+    configs = [config_for(tmp_run_root, name) for name in ("explicit", "functional")]
+    for config in configs:
+        config.ppo.custom_losses, config.ppo.kickstart_teacher = ["kickstart"], teacher_dir
+        config.ppo.kickstart_steps, config.evaluation.interval = 2048, 0
+        config.ppo.vtrace, config.ppo.prio_alpha, config.trainer.bptt_horizon = True, 0.6, 16
+    explicit = train.main(configs[0])["policy"]
+    policy, curriculum = build_policy(configs[1])
+    functional_training_loop(configs[1], configs[1].ppo, policy, curriculum)
+    for (name, a), b in zip(explicit.named_parameters(), policy.parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_a_custom_step_fn_replaces_the_default_step(tmp_run_root):
     config = config_for(tmp_run_root, "custom")
     policy, curriculum = build_policy(config)

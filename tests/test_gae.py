@@ -1,5 +1,6 @@
 """GAE against an independent, plain-Python formulation: the discounted sum of TD residuals
-over the rest of each episode segment, A_t = sum_k (gamma lambda)^k delta_{t+k}."""
+over the rest of each episode segment, A_t = sum_k (gamma lambda)^k delta_{t+k} (and V-trace, in
+test_vtrace_prio.py, against the same sum with its importance weights)."""
 
 import random
 
@@ -10,8 +11,13 @@ from gymnasium import spaces
 from cleanmetta.experience import Experience
 
 
-def reference_advantages(rewards, values, last_value, terminals, dones, gamma, lam):
+def reference_advantages(rewards, values, last_value, terminals, dones, gamma, lam, ratios=None, rho_clip=1.0,
+                         c_clip=1.0):
+    """A_t = sum_k (gamma lambda)^k delta_{t+k} up to the end of the episode or of the rollout; with `ratios`,
+    V-trace as IMPALA writes it: each term also weighted by min(ratio_{t+k}, rho_clip) and by the trace
+    c_t ... c_{t+k-1}, c_i = min(ratio_i, c_clip)."""
     T, B = len(rewards), len(rewards[0])
+    ratios = ratios or [[1.0] * B for _ in range(T)]
     advantages = [[0.0] * B for _ in range(T)]
     for b in range(B):
         def next_value(t):
@@ -21,11 +27,12 @@ def reference_advantages(rewards, values, last_value, terminals, dones, gamma, l
 
         deltas = [rewards[t][b] + gamma * next_value(t) - values[t][b] for t in range(T)]
         for t in range(T):
-            total, k = 0.0, 0
+            total, trace, k = 0.0, 1.0, 0
             while True:
-                total += (gamma * lam) ** k * deltas[t + k]
+                total += (gamma * lam) ** k * trace * min(ratios[t + k][b], rho_clip) * deltas[t + k]
                 if dones[t + k][b] or t + k + 1 == T:
                     break
+                trace *= min(ratios[t + k][b], c_clip)
                 k += 1
             advantages[t][b] = total
     return advantages

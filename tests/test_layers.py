@@ -19,9 +19,10 @@ FLOORS = [  # bottom first
     ["mettagrid_env"],                                     # 3 the optional MettaGrid vector env
     ["envs"],                                              # 4 make_vecenv
     ["policy"],                                            # 5 networks
-    ["collector", "ppo", "losses"],                        # 6 rollout, PPO update, custom losses
+    ["collector", "ppo"],                                  # 6 rollout, PPO update
     ["checkpoint", "log"],                                 # 7 files on disk, metrics
-    ["evaluate", "plot"],                                  # 8 scoring (its CLI reads the policy store); curves
+    ["evaluate", "plot", "losses"],                        # 8 scoring (its CLI reads the policy store); curves;
+                                                           #   custom losses (kickstart loads a teacher policy)
     ["trainer", "__init__"],                               # 9 run setup and the functional loop; public names
     ["train", "examples"],                                 # 10 the training script, examples
     ["benchmarks"],                                        # 11 measure train.py and the components

@@ -69,12 +69,13 @@ def test_the_first_minibatch_recomputes_the_rollouts_logprobs_and_values():
                        PPOConfig(num_minibatches=2, update_epochs=1))
     seen = []
 
-    def recording_loss(obs, actions, old_logprobs, advantages, returns, values, normalize_advantages, policy):
+    def recording_loss(obs, actions, old_logprobs, advantages, returns, values, normalize_advantages, policy,
+                       weights=None):
         if not seen:
             _, logprobs, _, new_values = policy.get_action_and_value(obs, actions)
             seen.append((logprobs.detach(), old_logprobs, new_values.detach(), values))
         return ppo.compute_ppo_loss(obs, actions, old_logprobs, advantages, returns, values, normalize_advantages,
-                                    policy)
+                                    policy, weights)
 
     ppo.minibatch_loss = recording_loss
     ppo.update(exp)
@@ -231,7 +232,7 @@ def test_cartpole_without_velocities_is_cartpole_positions_native_or_not():
 def test_recurrent_config_errors_name_the_field():
     config = TrainingConfig()
     config.trainer.bptt_horizon = 16
-    with pytest.raises(ConfigError, match="trainer.bptt_horizon=16 is for recurrent policies"):
+    with pytest.raises(ConfigError, match="trainer.bptt_horizon=16 is for segment minibatches"):
         config.validate()
     config.agent.lstm_size = 32
     config.trainer.bptt_horizon = 48
