@@ -40,7 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cleanmetta.checkpoint import PolicyStore
-from cleanmetta.config import import_extra
+from cleanmetta.config import import_extra, mettagrid_config
+from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, Simulation
 from cleanmetta.plot import plot_curves
 
@@ -122,6 +123,24 @@ def run_evaluated(seed: int, total_timesteps: int, workdir: str, extra: list[str
     print(f"{task} {label} seed {seed}: {run['sps']:7,.0f} agent-steps/s, evaluated reward {run['reward']:.2f} per "
           "agent", flush=True)
     return run
+
+
+def bare_env_speed(task: str, num_envs: int, steps: int = 500, repeats: int = 3) -> float:
+    """Agent steps per second of the MettaGrid env alone, in this process, with uniformly random actions:
+    the median of `repeats` timed runs of `steps` batch steps."""
+    config = mettagrid_config()  # 16 simulations x 4 agents
+    config.env.id, config.env.num_envs = task, num_envs
+    env = make_vecenv(config.env, seed=0)
+    rng = np.random.default_rng(0)
+    actions = [rng.integers(0, env.single_action_space.n, env.num_envs) for _ in range(steps)]
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for action in actions:
+            env.step(action)
+        rates.append(steps * env.num_envs / (time.perf_counter() - start))
+    env.close()
+    return statistics.median(rates)
 
 
 def run_sb3(task: Task, seed: int, total_timesteps: int, workdir: str, threads: int) -> dict:

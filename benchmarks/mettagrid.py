@@ -22,12 +22,9 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,7 +37,6 @@ _spec.loader.exec_module(compare)
 
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
 from cleanmetta.config import mettagrid_config  # noqa: E402
-from cleanmetta.envs import make_vecenv  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
 
 
@@ -53,22 +49,6 @@ class UniformPolicy(torch.nn.Module):
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         return torch.randint(self.num_actions, (obs.shape[0], 1))
-
-
-def bare_env_speed(task: str, num_envs: int, steps: int = 500, repeats: int = 3) -> float:
-    config = mettagrid_config()
-    config.env.id, config.env.num_envs = task, num_envs
-    env = make_vecenv(config.env, seed=0)
-    rng = np.random.default_rng(0)
-    actions = [rng.integers(0, env.single_action_space.n, env.num_envs) for _ in range(steps)]
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for action in actions:
-            env.step(action)
-        rates.append(steps * env.num_envs / (time.perf_counter() - start))
-    env.close()
-    return statistics.median(rates)
 
 
 def main() -> None:
@@ -86,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.tasks:
             task = f"mettagrid/{name}"
-            bare = bare_env_speed(task, preset.env.num_envs)
+            bare = compare.bare_env_speed(task, preset.env.num_envs)
             run = compare.run_cleanmetta(args.seed, total, workdir, ["--preset", "mettagrid", "--env.id", task])
             loop = run["steps"] / run["train"]
             run_dir = os.path.join(workdir, f"cleanmetta_seed{args.seed}")

@@ -17,6 +17,12 @@ autoreset step, and every agent's first): the policy zeroes their state, so a ne
 real step sees a fresh state whatever the autoreset step did. The buffer keeps `first` and the
 state at every segment start for the update's replay.
 
+Double buffering: with an env that steps its agents in two halves in worker processes
+(workers.WorkerVecEnv with two `batch_rows`, env.async_batches 2), each step acts on one half and
+sends it to the workers, then takes in the other half's answer to its previous step, so the policy
+works while the workers step. Every agent's transitions land at the same [t, agent] places as
+without it; the per-step work is `_act` and `_observe` on a slice of agents (all of them otherwise).
+
 Under torchrun each process collects its own rollout; `collect()` then gathers the finished
 episodes of every process (one collective per rollout) and counts the agent steps of all of them,
 so that the loop's step count and statistics are global on every process.
@@ -38,6 +44,9 @@ from cleanmetta.envs import check_autoreset
 from cleanmetta.experience import Experience
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.spaces import check_spaces
+
+
+ALL = slice(None)  # every agent: one batch per step, without double buffering
 
 
 class RolloutCollector:
@@ -79,6 +88,11 @@ class RolloutCollector:
             self.state = policy.initial_state(B, self.device)
             self.first = np.ones(B, bool)
 
+        # Double buffering (env.async_batches 2, an env that steps in workers): two halves of the agents.
+        self.double_buffered = getattr(vecenv, "batch_rows", None) is not None and len(vecenv.batch_rows) == 2
+        self.halves = getattr(vecenv, "batch_rows", [ALL])
+        self.values_at_end = False
+
         pin = self.device.type == "cuda"
         self.obs_host = torch.empty(experience.obs.shape[1:], dtype=experience.obs.dtype, pin_memory=pin)
         obs, _ = vecenv.reset()
@@ -94,51 +108,21 @@ class RolloutCollector:
         """Fill the experience with one rollout; returns (finished-episode stats, agent steps taken), both over
         all processes under torchrun."""
         exp = self.experience
-        finished_returns, finished_lengths, finished_tasks = [], [], []
-        episode_stats: dict[str, list] = {}
-        for t in range(exp.num_steps):
-            obs = self.next_obs
-            if self.recurrent:  # the LSTM state in and out; zeroed where an episode begins
-                first = torch.from_numpy(self.first).to(self.device, non_blocking=True)
-                if t % exp.bptt_horizon == 0:  # a segment starts: keep the state the update replays from
-                    exp.lstm_h[t // exp.bptt_horizon], exp.lstm_c[t // exp.bptt_horizon] = self.state
-                exp.first[t] = first
-                action, logprob, value, self.state = self.policy.sample(obs, self.state, first)
-            else:
-                action, logprob, value = self.policy.sample(obs)
-            exp.obs[t] = obs
-            exp.actions[t] = action
-            exp.logprobs[t] = logprob
-            if value is not None:
-                exp.values[t] = value
+        self.finished = {"returns": [], "lengths": [], "tasks": [], "stats": {}}  # episodes that end in this rollout
+        if not self.double_buffered:
+            for t in range(exp.num_steps):
+                self._observe(t, ALL, self.vecenv.step(self._act(t, ALL)))
+        else:  # double buffering: act on one half of the agents while the env workers step the other half
+            pending = None  # (step, half) sent and not yet received
+            for t in range(exp.num_steps):
+                for half, rows in enumerate(self.halves):
+                    self.vecenv.send(self._act(t, rows), half)
+                    if pending is not None:
+                        self._observe(pending[0], self.halves[pending[1]], self.vecenv.recv(pending[1]))
+                    pending = (t, half)
+            self._observe(pending[0], self.halves[pending[1]], self.vecenv.recv(pending[1]))
 
-            env_action = action.cpu().numpy().reshape(self.action_shape)
-            if self.action_bounds is not None:
-                env_action = np.clip(env_action, *self.action_bounds)
-            next_obs, reward, terminated, truncated, infos = self.vecenv.step(env_action)
-
-            done = terminated | truncated
-            self.rewards[t] = reward
-            self.terminals[t] = terminated
-            self.dones[t] = done
-            self.valid[t] = ~self.prev_done
-            self.episode_return += reward
-            self.episode_length += ~self.prev_done
-            if done.any():
-                finished_returns.append(self.episode_return[done].copy())
-                finished_lengths.append(self.episode_length[done].copy())
-                if "task" in infos:  # a curriculum env names the task each episode played
-                    finished_tasks.append(infos["task"][done])
-                for name, values in infos.get("episode_stats", {}).items():  # the env's own statistics
-                    episode_stats.setdefault(name, []).extend(values)
-                self.episode_return[done] = 0.0
-                self.episode_length[done] = 0
-            if self.recurrent:
-                self.first = self.prev_done  # after this autoreset step comes a new episode's first observation
-            self.prev_done = done
-            self.next_obs = self._obs_to_device(next_obs)
-
-        if value is None:  # the policy left the values to one batched pass over the rollout
+        if self.values_at_end:  # the policy left the values to one batched pass over the rollout
             exp.values.copy_(self.policy.get_value(exp.obs.flatten(0, 1)).view_as(exp.values))
         if self.recurrent:  # the bootstrap value continues each agent's memory
             first = torch.from_numpy(self.first).to(self.device)
@@ -151,17 +135,71 @@ class RolloutCollector:
         for column, values in ((exp.rewards, rewards), (exp.terminals, self.terminals), (exp.dones, self.dones),
                                (exp.valid, self.valid)):
             column.copy_(torch.from_numpy(values), non_blocking=True)
+        finished = self.finished
         stats = {
-            "episodic_return": np.concatenate(finished_returns) if finished_returns else np.zeros(0),
-            "episodic_length": np.concatenate(finished_lengths) if finished_lengths else np.zeros(0, np.int64),
+            "episodic_return": np.concatenate(finished["returns"]) if finished["returns"] else np.zeros(0),
+            "episodic_length": np.concatenate(finished["lengths"]) if finished["lengths"] else np.zeros(0, np.int64),
         }
-        if finished_tasks:
-            stats["episodic_task"] = np.concatenate(finished_tasks)
-        if episode_stats:
-            stats["episode_stats"] = {name: np.asarray(values) for name, values in episode_stats.items()}
+        if finished["tasks"]:
+            stats["episodic_task"] = np.concatenate(finished["tasks"])
+        if finished["stats"]:
+            stats["episode_stats"] = {name: np.asarray(values) for name, values in finished["stats"].items()}
         if distributed.world_size() > 1:
             stats = merge_episode_stats(distributed.all_gather_objects(stats))
         return stats, exp.batch_size * distributed.world_size()
+
+    def _act(self, t: int, rows: slice) -> np.ndarray:
+        """The policy on the agents `rows` at step t: what it saw and did into the buffer; the actions for the env."""
+        exp = self.experience
+        obs = self.next_obs[rows]
+        if self.recurrent:  # the LSTM state in and out; zeroed where an episode begins
+            first = torch.from_numpy(self.first[rows]).to(self.device, non_blocking=True)
+            state = (self.state[0][rows], self.state[1][rows])
+            if t % exp.bptt_horizon == 0:  # a segment starts: keep the state the update replays from
+                exp.lstm_h[t // exp.bptt_horizon, rows], exp.lstm_c[t // exp.bptt_horizon, rows] = state
+            exp.first[t, rows] = first
+            action, logprob, value, (h, c) = self.policy.sample(obs, state, first)
+            self.state[0][rows], self.state[1][rows] = h, c
+        else:
+            action, logprob, value = self.policy.sample(obs)
+        exp.obs[t, rows] = obs
+        exp.actions[t, rows] = action
+        exp.logprobs[t, rows] = logprob
+        self.values_at_end = value is None
+        if value is not None:
+            exp.values[t, rows] = value
+        env_action = action.cpu().numpy().reshape((-1, *self.action_shape[1:]))
+        return env_action if self.action_bounds is None else np.clip(env_action, *self.action_bounds)
+
+    def _observe(self, t: int, rows: slice, result: tuple) -> None:
+        """The env's answer to step t for the agents `rows`: into the rollout columns and episode bookkeeping."""
+        next_obs, reward, terminated, truncated, infos = result
+        done = terminated | truncated
+        self.rewards[t, rows] = reward
+        self.terminals[t, rows] = terminated
+        self.dones[t, rows] = done
+        prev_done = self.prev_done[rows]
+        self.valid[t, rows] = ~prev_done
+        episode_return, episode_length = self.episode_return[rows], self.episode_length[rows]  # views
+        episode_return += reward
+        episode_length += ~prev_done
+        if done.any():
+            self.finished["returns"].append(episode_return[done].copy())
+            self.finished["lengths"].append(episode_length[done].copy())
+            if "task" in infos:  # a curriculum env names the task each episode played
+                self.finished["tasks"].append(infos["task"][done])
+            for name, values in infos.get("episode_stats", {}).items():  # the env's own statistics
+                self.finished["stats"].setdefault(name, []).extend(values)
+            episode_return[done] = 0.0
+            episode_length[done] = 0
+        if self.recurrent:
+            self.first[rows] = prev_done  # after this autoreset step comes a new episode's first observation
+        self.prev_done[rows] = done
+        if rows == ALL:
+            self.next_obs = self._obs_to_device(next_obs)
+        else:  # one half: its rows of the pinned buffer, then of the device tensor
+            self.obs_host[rows].copy_(torch.from_numpy(np.asarray(next_obs)))
+            self.next_obs[rows] = self.obs_host[rows].to(self.device, non_blocking=True)
 
 
 def merge_episode_stats(per_rank: list[dict]) -> dict:

@@ -58,6 +58,14 @@ class EnvConfig:
     """number of environment copies stepped together (by each process under torchrun)."""
     vectorization: str = "auto"
     """'auto' (native vector env when the id has one, else 'sync'), 'native', 'sync' or 'async'."""
+    num_workers: int = 0
+    """processes that step the environments (0: in the training process). MettaGrid: the simulations split
+    over that many workers stepping in shared memory; gymnasium ids: AsyncVectorEnv, a process per copy."""
+    worker_timeout: float = 60.0
+    """seconds the training process waits for an env worker's step before reporting it stuck."""
+    async_batches: int = 1
+    """2: double buffering (MettaGrid with env.num_workers): the policy acts on one half of the agents while
+    the workers step the other half (1: every agent each step, in order)."""
 
 
 @dataclass
@@ -308,6 +316,14 @@ class TrainingConfig:
         check(env.num_envs >= 1, "env.num_envs", env.num_envs, "must be >= 1")
         check(env.vectorization in ("auto", "native", "sync", "async"), "env.vectorization",
               env.vectorization, "must be one of 'auto', 'native', 'sync', 'async'")
+        check(env.async_batches in (1, 2), "env.async_batches", env.async_batches, "must be 1 or 2 (double buffering)")
+        per_batch = max(env.num_envs // max(env.async_batches, 1), 1)
+        check(0 <= env.num_workers <= per_batch, "env.num_workers", env.num_workers,
+              f"must be between 0 (step in the training process) and env.num_envs / env.async_batches = {per_batch}")
+        check(env.async_batches == 1 or (env.num_workers >= 1 and env.id.startswith("mettagrid/")),
+              "env.async_batches", env.async_batches, "double-buffers MettaGrid simulations stepped by env workers: "
+              "set env.num_workers >= 1 on a mettagrid/ task, or use 1")
+        positive("env.worker_timeout", env.worker_timeout)
 
         networks = sorted(set(typing.get_args(NetworkName)) - {"auto"})
         check(self.agent.name in typing.get_args(NetworkName), "agent.name", self.agent.name,

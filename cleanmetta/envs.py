@@ -25,6 +25,7 @@ curriculum.py); stepping is the collector's job.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -35,6 +36,7 @@ from cleanmetta import mettagrid_env
 from cleanmetta.config import ConfigError, EnvConfig, import_extra
 from cleanmetta.curriculum import Curriculum, SingleTaskCurriculum, Task
 from cleanmetta.spaces import UnsupportedEnvError, check_spaces
+from cleanmetta.workers import WorkerVecEnv
 
 
 def check_autoreset(vecenv: gym.vector.VectorEnv) -> None:
@@ -189,7 +191,13 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
         if not all(is_mettagrid):
             raise ConfigError(f"curriculum tasks {[t.name for t in curriculum.tasks]} mix MettaGrid and gymnasium "
                               "environments; their observations differ, so train on one kind at a time")
-        vecenv = mettagrid_env.MettaGridVecEnv(curriculum, env_config.num_envs, seed, replay_dir=record_dir)
+        if env_config.num_workers and record_dir is None:  # the simulations stepped by worker processes
+            template = mettagrid_env.MettaGridVecEnv(curriculum, 1, seed)  # the spaces and arrays' shapes
+            vecenv = WorkerVecEnv(partial(mettagrid_env.worker_env, curriculum, seed), template, env_config.num_envs,
+                                  env_config.num_workers, env_config.worker_timeout, env_config.async_batches)
+            template.close()
+        else:
+            vecenv = mettagrid_env.MettaGridVecEnv(curriculum, env_config.num_envs, seed, replay_dir=record_dir)
         vecenv.reset(seed=seed)
         return vecenv
     try:
@@ -198,6 +206,8 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
         raise ConfigError(f"env.id={task.env_id!r} is not a registered gymnasium environment: {err}") from None
 
     mode = env_config.vectorization if record_dir is None else "sync"  # RecordVideo wraps one sub-env
+    if env_config.num_workers and record_dir is None:  # gymnasium's own worker processes, in shared memory
+        mode = "async"
     if mode == "auto":
         mode = "native" if spec.vector_entry_point is not None and len(curriculum.tasks) == 1 else "sync"
     if mode == "native" and (spec.vector_entry_point is None or len(curriculum.tasks) > 1):

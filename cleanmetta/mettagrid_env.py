@@ -107,9 +107,16 @@ class MettaGridVecEnv:
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, curriculum: Curriculum, num_envs: int, seed: int = 0, replay_dir: str | None = None):
+    def __init__(self, curriculum: Curriculum, num_envs: int, seed: int = 0, replay_dir: str | None = None,
+                 first: int = 0, arrays: dict[str, np.ndarray] | None = None):
         """replay_dir: MettaGrid's ReplayLogWriter writes every finished episode of the first simulation
-        there as a replay for its MettaScope viewer (<episode id>.json.z)."""
+        there as a replay for its MettaScope viewer (<episode id>.json.z).
+
+        Simulation i draws its tasks and maps from its own generator, seeded by (seed, first + i): the
+        same seed gives the same episodes however the simulations are split over processes (an env
+        of env worker k holds the simulations numbered from `first`, see workers.py). `arrays` are
+        the observations, rewards, terminals, truncations and actions arrays to step in (shared
+        memory for a worker; by default its own)."""
         Simulator, Buffers = _import_mettagrid()
         self.curriculum = curriculum
         self.configs = [task_config(task) for task in curriculum.tasks]
@@ -132,11 +139,12 @@ class MettaGridVecEnv:
 
         # The arrays every simulation reads and writes in place, each through its slice of rows.
         n = self.num_envs
-        self.observations = np.zeros((n, game.obs.num_tokens, 3), np.uint8)
-        self.terminals = np.zeros(n, bool)
-        self.truncations = np.zeros(n, bool)
-        self.rewards = np.zeros(n, np.float32)
-        self.actions = np.zeros(n, np.int32)
+        arrays = arrays or {"observations": np.zeros((n, game.obs.num_tokens, 3), np.uint8),
+                            "terminals": np.zeros(n, bool), "truncations": np.zeros(n, bool),
+                            "rewards": np.zeros(n, np.float32), "actions": np.zeros(n, np.int32)}
+        self.observations, self.terminals, self.truncations = (arrays[k] for k in ("observations", "terminals",
+                                                                                  "truncations"))
+        self.rewards, self.actions = arrays["rewards"], arrays["actions"]
         self.buffers = [Buffers(observations=self.observations[rows], terminals=self.terminals[rows],
                                 truncations=self.truncations[rows], rewards=self.rewards[rows],
                                 masks=np.ones(self.agents_per_sim, bool), actions=self.actions[rows],
@@ -153,7 +161,11 @@ class MettaGridVecEnv:
         self.task_index = np.zeros(num_envs, np.int64)
         self.needs_reset = np.zeros(num_envs, bool)
         self.task_names = np.array([task.name for task in curriculum.tasks], dtype=object)
-        self.rng = np.random.default_rng(seed)
+        self.first = first
+        self._seed(seed)
+
+    def _seed(self, seed: int) -> None:
+        self.rngs = [np.random.default_rng([seed, self.first + i]) for i in range(self.num_simulations)]
 
     def _rows(self, i: int) -> slice:
         return slice(i * self.agents_per_sim, (i + 1) * self.agents_per_sim)
@@ -162,8 +174,9 @@ class MettaGridVecEnv:
         """A new simulation in slot i, on the curriculum's next task; it writes its first observation."""
         if self.simulations[i] is not None:
             self.simulations[i].close()
-        self.task_index[i] = self.curriculum.sample(self.rng)
-        seed = int(self.rng.integers(2**31 - 1))
+        rng = self.rngs[i]
+        self.task_index[i] = self.curriculum.sample(rng)
+        seed = int(rng.integers(2**31 - 1))
         config = self.configs[self.task_index[i]]
         config.game.map_builder.seed = seed  # read when the simulation builds its map, right below
         self.simulations[i] = self.simulators[i].new_simulation(config, seed, buffers=self.buffers[i])
@@ -174,7 +187,7 @@ class MettaGridVecEnv:
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
-            self.rng = np.random.default_rng(seed)
+            self._seed(seed)
         for i in range(self.num_simulations):
             self._start_episode(i)
         self.needs_reset[:] = False
@@ -217,6 +230,12 @@ class MettaGridVecEnv:
             if simulation is not None:
                 simulation.close()
         self.simulations = [None] * self.num_simulations
+
+
+def worker_env(curriculum: Curriculum, seed: int, first: int, count: int, arrays: dict[str, np.ndarray]
+               ) -> MettaGridVecEnv:
+    """An env worker's share (workers.py): simulations first .. first + count - 1, stepping in `arrays`."""
+    return MettaGridVecEnv(curriculum, count, seed, first=first, arrays=arrays)
 
 
 def _num_actions(config) -> int:

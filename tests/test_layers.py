@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [  # bottom first
     ["config", "distributed"],                             # 1 plain dataclasses, presets; the process group
-    ["spaces", "curriculum", "normalize", "experience"],   # 2 spaces, tasks, running statistics, buffers
+    ["spaces", "curriculum", "normalize", "experience", "workers"],  # 2 spaces, tasks, running statistics,
+                                                           #   buffers, env worker processes
     ["mettagrid_env"],                                     # 3 the optional MettaGrid vector env
     ["envs"],                                              # 4 make_vecenv
     ["policy"],                                            # 5 networks
