@@ -89,19 +89,23 @@ class RolloutCollector:
             self.first = np.ones(B, bool)
 
         # Double buffering (env.async_batches 2, an env that steps in workers): two halves of the agents.
-        self.double_buffered = getattr(vecenv, "batch_rows", None) is not None and len(vecenv.batch_rows) == 2
         self.halves = getattr(vecenv, "batch_rows", [ALL])
         self.values_at_end = False
 
         pin = self.device.type == "cuda"
         self.obs_host = torch.empty(experience.obs.shape[1:], dtype=experience.obs.dtype, pin_memory=pin)
         obs, _ = vecenv.reset()
-        self.next_obs = self._obs_to_device(obs)
+        self._obs_to_device(obs)
 
-    def _obs_to_device(self, obs: np.ndarray) -> torch.Tensor:
+    def _obs_to_device(self, obs: np.ndarray, rows: slice = ALL) -> None:
+        """The agents `rows`' next observations into `next_obs`, through the pinned host buffer (on the
+        CPU that buffer is `next_obs` itself)."""
         # Safe to reuse the pinned buffer: the previous copy finished before the actions were read back.
-        self.obs_host.copy_(torch.from_numpy(np.asarray(obs)))
-        return self.obs_host.to(self.device, non_blocking=True)
+        self.obs_host[rows].copy_(torch.from_numpy(np.asarray(obs)))
+        if rows == ALL:
+            self.next_obs = self.obs_host.to(self.device, non_blocking=True)
+        elif self.next_obs is not self.obs_host:
+            self.next_obs[rows] = self.obs_host[rows].to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def collect(self) -> tuple[dict[str, np.ndarray], int]:
@@ -109,7 +113,7 @@ class RolloutCollector:
         all processes under torchrun."""
         exp = self.experience
         self.finished = {"returns": [], "lengths": [], "tasks": [], "stats": {}}  # episodes that end in this rollout
-        if not self.double_buffered:
+        if len(self.halves) == 1:
             for t in range(exp.num_steps):
                 self._observe(t, ALL, self.vecenv.step(self._act(t, ALL)))
         else:  # double buffering: act on one half of the agents while the env workers step the other half
@@ -195,11 +199,7 @@ class RolloutCollector:
         if self.recurrent:
             self.first[rows] = prev_done  # after this autoreset step comes a new episode's first observation
         self.prev_done[rows] = done
-        if rows == ALL:
-            self.next_obs = self._obs_to_device(next_obs)
-        else:  # one half: its rows of the pinned buffer, then of the device tensor
-            self.obs_host[rows].copy_(torch.from_numpy(np.asarray(next_obs)))
-            self.next_obs[rows] = self.obs_host[rows].to(self.device, non_blocking=True)
+        self._obs_to_device(next_obs, rows)
 
 
 def merge_episode_stats(per_rank: list[dict]) -> dict:

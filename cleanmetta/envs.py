@@ -186,15 +186,16 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
     """
     curriculum = curriculum or SingleTaskCurriculum(env_config.id)
     task = curriculum.tasks[0]
+    workers = env_config.num_workers if record_dir is None else 0  # a recording steps in this process
     is_mettagrid = [mettagrid_env.is_mettagrid(t.env_id) for t in curriculum.tasks]
     if any(is_mettagrid):  # the optional MettaGrid extra
         if not all(is_mettagrid):
             raise ConfigError(f"curriculum tasks {[t.name for t in curriculum.tasks]} mix MettaGrid and gymnasium "
                               "environments; their observations differ, so train on one kind at a time")
-        if env_config.num_workers and record_dir is None:  # the simulations stepped by worker processes
+        if workers:  # the simulations stepped by worker processes
             template = mettagrid_env.MettaGridVecEnv(curriculum, 1, seed)  # the spaces and arrays' shapes
             vecenv = WorkerVecEnv(partial(mettagrid_env.worker_env, curriculum, seed), template, env_config.num_envs,
-                                  env_config.num_workers, env_config.worker_timeout, env_config.async_batches)
+                                  workers, env_config.worker_timeout, env_config.async_batches)
             template.close()
         else:
             vecenv = mettagrid_env.MettaGridVecEnv(curriculum, env_config.num_envs, seed, replay_dir=record_dir)
@@ -206,7 +207,7 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
         raise ConfigError(f"env.id={task.env_id!r} is not a registered gymnasium environment: {err}") from None
 
     mode = env_config.vectorization if record_dir is None else "sync"  # RecordVideo wraps one sub-env
-    if env_config.num_workers and record_dir is None:  # gymnasium's own worker processes, in shared memory
+    if workers:  # gymnasium's own worker processes, in shared memory
         mode = "async"
     if mode == "auto":
         mode = "native" if spec.vector_entry_point is not None and len(curriculum.tasks) == 1 else "sync"

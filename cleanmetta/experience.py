@@ -187,7 +187,8 @@ class Experience:
 
         lstm = ((cut(self.first), self.lstm_h.flatten(0, 1), self.lstm_c.flatten(0, 1)) if self.lstm_size
                 else (None, None, None))
-        next_advantages = torch.cat([self.advantages[1:], torch.zeros_like(self.advantages[:1])])
+        # the rollout's advantage at the step after each segment (0 after the last): [K, B] -> rows k * B + b
+        tails = torch.cat([self.advantages[L::L], torch.zeros_like(self.advantages[:1])]).flatten()
         return Batch(cut(self.obs), cut(self.actions), cut(self.logprobs), cut(self.values), cut(self.rewards),
                      cut(self.advantages), cut(self.returns), cut(self.valid), *lstm, cut(self.terminals),
-                     cut(self.dones), cut(self.next_values()), cut(next_advantages)[:, -1])
+                     cut(self.dones), cut(self.next_values()), tails)

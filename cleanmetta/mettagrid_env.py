@@ -142,9 +142,8 @@ class MettaGridVecEnv:
         arrays = arrays or {"observations": np.zeros((n, game.obs.num_tokens, 3), np.uint8),
                             "terminals": np.zeros(n, bool), "truncations": np.zeros(n, bool),
                             "rewards": np.zeros(n, np.float32), "actions": np.zeros(n, np.int32)}
-        self.observations, self.terminals, self.truncations = (arrays[k] for k in ("observations", "terminals",
-                                                                                  "truncations"))
-        self.rewards, self.actions = arrays["rewards"], arrays["actions"]
+        self.observations, self.rewards, self.actions = arrays["observations"], arrays["rewards"], arrays["actions"]
+        self.terminals, self.truncations = arrays["terminals"], arrays["truncations"]
         self.buffers = [Buffers(observations=self.observations[rows], terminals=self.terminals[rows],
                                 truncations=self.truncations[rows], rewards=self.rewards[rows],
                                 masks=np.ones(self.agents_per_sim, bool), actions=self.actions[rows],

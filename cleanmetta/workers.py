@@ -168,7 +168,7 @@ class WorkerVecEnv:
     step the other). `step` steps every batch."""
 
     def __init__(self, make_env: Callable, template: Any, num_sims: int, num_workers: int, timeout: float = 60.0,
-                 num_batches: int = 1, describe: str = "simulations"):
+                 num_batches: int = 1):
         if not 1 <= num_workers <= num_sims // num_batches:
             raise ValueError(f"num_workers={num_workers} must be between 1 and the number of simulations per batch "
                              f"{num_sims // num_batches}")
@@ -179,7 +179,7 @@ class WorkerVecEnv:
         self.single_action_space = template.single_action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.timeout, self.describe = timeout, describe
+        self.timeout = timeout
         self.blocks: list[shared_memory.SharedMemory] = []
         layouts = {name: ((self.num_envs, *getattr(template, name).shape[1:]), getattr(template, name).dtype)
                    for name in FIELDS}
@@ -246,7 +246,7 @@ class WorkerVecEnv:
     def _fail(self, i: int, what: str) -> None:
         sims = ", ".join(f"{share.start}-{share.stop - 1}" for share in self.shares[i])
         self.close(wait=0.5)  # the others may be mid-step; a stuck one would not answer
-        raise WorkerError(f"env worker {i} ({self.describe} {sims}) {what}")
+        raise WorkerError(f"env worker {i} (simulations {sims}) {what}")
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self._send(RESET, -1 if seed is None else seed)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -72,7 +73,6 @@ def counting_env(fail, first, count, arrays):
 
 
 def workers(num_sims=5, num_workers=2, fail=None, timeout=30.0):
-    from functools import partial
     return WorkerVecEnv(partial(counting_env, fail), CountingEnv(), num_sims, num_workers, timeout)
 
 
