@@ -5,7 +5,10 @@ One `collect()` runs `experience.num_steps` steps of every environment: one batc
 whose critic is separate, all values in one pass at the end), the actions to the env, the env's
 answer into the buffer. It also tracks episode returns and lengths and reports the episodes that
 finished (with their task, when the env names one in info["task"], and any statistics the env
-reports for finished episodes in info["episode_stats"], a dict of name -> values).
+reports for finished episodes in info["episode_stats"], a dict of name -> values). An env that keeps
+its own episode score, as gymnasium's RecordEpisodeStatistics does in info["episode"] (Atari: the
+unclipped game score over all lives, while training episodes end at each lost life with clipped
+rewards), has that score and length reported instead of the sum of the rewards trained on.
 
 Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that env's reset step;
 its action is ignored and its transition joins two episodes, so it is stored with valid = 0 and
@@ -43,7 +46,7 @@ from cleanmetta import distributed
 from cleanmetta.envs import check_autoreset
 from cleanmetta.experience import Experience
 from cleanmetta.normalize import RewardScaler
-from cleanmetta.spaces import check_spaces
+from cleanmetta.spaces import check_spaces, observation_layout
 
 
 ALL = slice(None)  # every agent: one batch per step, without double buffering
@@ -92,6 +95,8 @@ class RolloutCollector:
         self.halves = getattr(vecenv, "batch_rows", [ALL])
         self.values_at_end = False
 
+        # A Dict, Tuple, Discrete, ... observation is stored as one flat row per agent (spaces.py); a Box as it is.
+        self.obs_layout = observation_layout(vecenv.single_observation_space)
         pin = self.device.type == "cuda"
         self.obs_host = torch.empty(experience.obs.shape[1:], dtype=experience.obs.dtype, pin_memory=pin)
         obs, _ = vecenv.reset()
@@ -100,6 +105,8 @@ class RolloutCollector:
     def _obs_to_device(self, obs: np.ndarray, rows: slice = ALL) -> None:
         """The agents `rows`' next observations into `next_obs`, through the pinned host buffer (on the
         CPU that buffer is `next_obs` itself)."""
+        if self.obs_layout is not None:
+            obs = self.obs_layout.flatten(obs)
         # Safe to reuse the pinned buffer: the previous copy finished before the actions were read back.
         self.obs_host[rows].copy_(torch.from_numpy(np.asarray(obs)))
         if rows == ALL:
@@ -188,18 +195,30 @@ class RolloutCollector:
         episode_return += reward
         episode_length += ~prev_done
         if done.any():
-            self.finished["returns"].append(episode_return[done].copy())
-            self.finished["lengths"].append(episode_length[done].copy())
-            if "task" in infos:  # a curriculum env names the task each episode played
-                self.finished["tasks"].append(infos["task"][done])
-            for name, values in infos.get("episode_stats", {}).items():  # the env's own statistics
-                self.finished["stats"].setdefault(name, []).extend(values)
+            self._finish(done, episode_return, episode_length, infos)
             episode_return[done] = 0.0
             episode_length[done] = 0
         if self.recurrent:
             self.first[rows] = prev_done  # after this autoreset step comes a new episode's first observation
         self.prev_done[rows] = done
         self._obs_to_device(next_obs, rows)
+
+
+    def _finish(self, done: np.ndarray, episode_return: np.ndarray, episode_length: np.ndarray, infos: dict) -> None:
+        """Record the episodes that ended at this step: their return and length (the env's own score
+        when it reports one, as gymnasium's RecordEpisodeStatistics does in info["episode"]: e.g. an
+        Atari game's unclipped score over all its lives), task and statistics."""
+        if "episode" in infos:
+            ended = infos["_episode"]
+            returns, lengths = infos["episode"]["r"][ended], infos["episode"]["l"][ended]
+        else:
+            ended, returns, lengths = done, episode_return[done], episode_length[done]
+        self.finished["returns"].append(np.array(returns, np.float64))
+        self.finished["lengths"].append(np.array(lengths, np.int64))
+        if "task" in infos:  # a curriculum env names the task each episode played
+            self.finished["tasks"].append(infos["task"][ended])
+        for name, values in infos.get("episode_stats", {}).items():  # the env's own statistics
+            self.finished["stats"].setdefault(name, []).extend(values)
 
 
 def merge_episode_stats(per_rank: list[dict]) -> dict:

@@ -40,7 +40,7 @@ def import_extra(module: str, extra: str, feature: str) -> Any:
                           f'pip install -e ".[{extra}]"') from None
 
 
-NetworkName = Literal["auto", "mlp", "simple_cnn", "token"]
+NetworkName = Literal["auto", "mlp", "simple_cnn", "token", "multi_input"]
 """policy.POLICIES' networks, and 'auto' (chosen from the observation space)."""
 CustomLossName = Literal["curiosity", "diversity", "kickstart"]
 """losses.CUSTOM_LOSSES' losses."""
@@ -53,7 +53,14 @@ class EnvConfig:
     """Which environment to train on and how many copies to step at once."""
 
     id: str = "CartPole-v1"
-    """gymnasium environment id (Box observations; Discrete, MultiDiscrete or Box actions)."""
+    """the task: a gymnasium id, 'module:ID' to import the package that registers ID first (e.g.
+    'ale_py:ALE/Pong-v5'), and optional ':key=value,...' kwargs for the env's constructor."""
+    kwargs: str = ""
+    """constructor kwargs for every task, 'key=value,key=value' (a task's own kwargs win), e.g.
+    'repeat_action_probability=0.0' (the atari preset's)."""
+    wrappers: list[str] = field(default_factory=list)
+    """gymnasium wrappers applied to every env in order, by import path 'module:Class' with optional
+    ':key=value,...', e.g. 'minigrid.wrappers:ImgObsWrapper'."""
     num_envs: int = 4
     """number of environment copies stepped together (by each process under torchrun)."""
     vectorization: str = "auto"
@@ -73,7 +80,8 @@ class AgentConfig:
     """The policy network."""
 
     name: NetworkName = "auto"
-    """network: 'mlp' (vectors), 'simple_cnn' (images, grids), 'token' (MettaGrid tokens) or 'auto' (by obs shape)."""
+    """network: 'mlp' (vectors), 'simple_cnn' (images, grids), 'token' (MettaGrid tokens), 'multi_input' (Dict,
+    Tuple, Discrete, MultiDiscrete, MultiBinary observations) or 'auto' (by the observation space)."""
     hidden_size: int = 64
     """width of the hidden layers (mlp, token) or of the dense layer after the convolutions (simple_cnn)."""
     normalize_obs: bool = False
@@ -313,6 +321,14 @@ class TrainingConfig:
 
         env = self.env
         check(bool(env.id.strip()), "env.id", env.id, "must name a gymnasium environment, e.g. 'CartPole-v1'")
+        try:  # the rules envs.py applies when it builds them
+            parse_kwargs(env.kwargs, "env.kwargs")
+            for wrapper in env.wrappers:
+                parse_import(wrapper, "env.wrappers entry")
+        except ConfigError as err:
+            errors.append(str(err))
+        check(not env.wrappers or env.vectorization != "native", "env.vectorization", env.vectorization,
+              "steps the id's own vector env, which env.wrappers cannot wrap; use 'auto', 'sync' or 'async'")
         check(env.num_envs >= 1, "env.num_envs", env.num_envs, "must be >= 1")
         check(env.vectorization in ("auto", "native", "sync", "async"), "env.vectorization",
               env.vectorization, "must be one of 'auto', 'native', 'sync', 'async'")
@@ -480,20 +496,68 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
     return value
 
 
-def parse_task(spec: str) -> tuple[str, dict[str, Any]]:
-    """A task string 'ID' or 'ID:key=value,key=value' as (ID, kwargs); values are read as JSON when
-    they parse, else kept as strings."""
-    env_id, _, args = spec.partition(":")
+def parse_task(spec: str) -> tuple[str, dict[str, Any], str | None]:
+    """A task string as (ID, kwargs, module): '[module:]ID[:key=value,key=value]'.
+
+    'CartPole-v1', 'CartPole-v1:max_episode_steps=200', 'ale_py:ALE/Pong-v5' (gymnasium's convention:
+    import `module`, which registers ID, then make ID) and 'ale_py:ALE/Pong-v5:frameskip=4'. The text
+    before the first ':' is a module when it is a dotted Python name and the text after it (up to the
+    next ':') holds no '='. Values are read as JSON when they parse, else kept as strings.
+    """
+    head, sep, rest = spec.partition(":")
+    module = None
+    if sep and _is_module_name(head.strip()) and "=" not in rest.partition(":")[0]:
+        module = head.strip()
+        head, _, rest = rest.partition(":")
+    return head.strip(), parse_kwargs(rest, f"task {spec!r}"), module
+
+
+def parse_import(spec: str, what: str) -> tuple[str, str, dict[str, Any]]:
+    """'module:Name[:key=value,...]' as (module, Name, kwargs), e.g. 'minigrid.wrappers:ImgObsWrapper'."""
+    module, sep, rest = spec.partition(":")
+    name, _, args = rest.partition(":")
+    if not sep or not _is_module_name(module.strip()) or not name.strip().isidentifier():
+        raise ConfigError(f"{what} {spec!r} must be an import path 'module:Name' with optional ':key=value,...', "
+                          "e.g. 'minigrid.wrappers:ImgObsWrapper'")
+    return module.strip(), name.strip(), parse_kwargs(args, f"{what} {spec!r}")
+
+
+def parse_kwargs(text: str, where: str) -> dict[str, Any]:
+    """'key=value,key=value' as a dict; values are JSON when they parse (numbers, true/false, null, lists,
+    quoted strings), else strings. Commas inside brackets or quotes belong to the value."""
     kwargs = {}
-    for item in filter(None, args.split(",")):
+    for item in _split_top_level(text):
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"curriculum task {spec!r}: {item!r} is not key=value")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: {item!r} is not key=value")
         try:
             kwargs[key.strip()] = json.loads(value)
         except ValueError:
             kwargs[key.strip()] = value
-    return env_id.strip(), kwargs
+    return kwargs
+
+
+def _split_top_level(text: str) -> list[str]:
+    """`text` split at the commas outside brackets and quotes; empty items dropped."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item for item in items if item.strip()]
+
+
+def _is_module_name(text: str) -> bool:
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
 
 
 def task_probabilities(weights: list[float] | None, num_tasks: int) -> list[float]:
@@ -577,7 +641,25 @@ def mettagrid_lstm_config() -> TrainingConfig:
     return config
 
 
+def atari_config() -> TrainingConfig:
+    """Atari as CleanRL's ppo_atari.py trains it (needs the `atari` extra): Breakout in ale-py's native
+    vector env (84x84 grayscale, 4 frames stacked, frame skip 4, up to 30 no-op starts, FIRE at
+    reset), no sticky actions, a lost life ends the training episode, rewards clipped to their sign;
+    the Nature CNN (simple_cnn, 512 units); 8 envs x 128 steps, 4 minibatches x 4 epochs, lr 2.5e-4
+    annealed, clip 0.1, entropy 0.01, 10M agent steps. Episode returns are game scores (all lives,
+    unclipped). Another game: --env.id ALE/Pong-v5 (env.kwargs keep these settings).
+    """
+    return TrainingConfig(
+        env=EnvConfig(id="ALE/Breakout-v5", num_envs=8,
+                      kwargs="repeat_action_probability=0.0,episodic_life=true,reward_clipping=true"),
+        agent=AgentConfig(name="simple_cnn", hidden_size=512),
+        trainer=TrainerConfig(total_timesteps=10_000_000, num_steps=128, learning_rate=2.5e-4),
+        ppo=PPOConfig(num_minibatches=4, update_epochs=4, clip_coef=0.1, ent_coef=0.01, vf_coef=0.5,
+                      max_grad_norm=0.5),
+    )
+
+
 PRESETS = {"default": TrainingConfig, "small_fast": small_fast_config, "continuous": continuous_config,
            "mettagrid": mettagrid_config, "mettagrid_lstm": mettagrid_lstm_config,
-           "cartpole_lstm": cartpole_lstm_config}
+           "cartpole_lstm": cartpole_lstm_config, "atari": atari_config}
 """Named starting points for `python train.py --preset NAME`."""

@@ -8,7 +8,10 @@ the final observation is the next one fed to the policy. The collector marks the
 invalid so no training transition ever spans two episodes.
 
 `make_vecenv` builds `env.num_envs` copies of the curriculum's task (curriculum.py), using
-gymnasium's native vector env where the id has one. With more than one task each sub-env is a
+gymnasium's native vector env where the id has one. An id from another package is registered by
+importing that package first: the task's own module (`module:ID`, gymnasium's convention), or
+for a few known families (`ALE/`, `MiniGrid-`, `BabyAI-`) their package, when the id is not
+registered yet. `env.wrappers` (gymnasium wrappers by import path) wrap every task's env, in order. With more than one task each sub-env is a
 `CurriculumEnv`, which plays the curriculum's choice each episode, reports its task in
 `info["task"]` and refuses tasks whose spaces differ. `mettagrid/<task>` ids (the optional
 MettaGrid extra) build cleanmetta.mettagrid_env's vector env, which follows the same contract with
@@ -24,17 +27,19 @@ curriculum.py); stepping is the collector's job.
 
 from __future__ import annotations
 
+import importlib
 import os
 from functools import partial
+from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv, CartPoleVectorEnv
 from gymnasium.vector import AutoresetMode
 
-from cleanmetta import mettagrid_env
-from cleanmetta.config import ConfigError, EnvConfig, import_extra
-from cleanmetta.curriculum import Curriculum, SingleTaskCurriculum, Task
+from cleanmetta import atari, mettagrid_env
+from cleanmetta.config import ConfigError, EnvConfig, import_extra, parse_import
+from cleanmetta.curriculum import Curriculum, SingleTaskCurriculum, Task, make_curriculum
 from cleanmetta.spaces import UnsupportedEnvError, check_spaces
 from cleanmetta.workers import WorkerVecEnv
 
@@ -49,13 +54,58 @@ def check_autoreset(vecenv: gym.vector.VectorEnv) -> None:
         )
 
 
+# Families of ids whose package registers them on import: (package, how to install it).
+KNOWN_PACKAGES = {"ALE/": ("ale_py", 'pip install -e ".[atari]"'), "MiniGrid-": ("minigrid", "pip install minigrid"),
+                  "BabyAI-": ("minigrid", "pip install minigrid")}
+
+
+def register_task(task: Task) -> None:
+    """Import the module that registers task.env_id: the task's own (`module:ID`), else a known family's
+    package when the id is not registered yet. ConfigError with the install command when it is missing."""
+    module, install = task.module, None
+    if module is None and task.env_id not in gym.registry:
+        module, install = next((package for prefix, package in KNOWN_PACKAGES.items()
+                                if task.env_id.startswith(prefix)), (None, None))
+    if module is None:
+        return
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        missing = err.name or module
+        install = install or f"pip install {missing.split('.')[0].replace('_', '-')} (or the package that provides it)"
+        raise ConfigError(f"env.id={task.name!r} needs the module {missing!r}, which is not installed: {install}") from None
+
+
+Wrapper = Callable[[gym.Env], gym.Env]
+
+
+def load_wrapper(spec: str) -> Wrapper:
+    """An env.wrappers entry 'module:Class[:key=value,...]' as a function env -> wrapped env."""
+    module, name, kwargs = parse_import(spec, "env.wrappers entry")
+    try:
+        wrapper = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"env.wrappers entry {spec!r}: module {err.name!r} is not installed") from None
+    except AttributeError:
+        raise ConfigError(f"env.wrappers entry {spec!r}: module {module} has no {name!r}") from None
+
+    def wrap(env: gym.Env) -> gym.Env:
+        try:
+            return wrapper(env, **kwargs)
+        except (TypeError, ValueError, KeyError, AssertionError) as err:
+            raise ConfigError(f"env.wrappers entry {spec!r} cannot wrap {env.spec.id if env.spec else env}: "
+                              f"{type(err).__name__}: {err}") from None
+
+    return wrap
+
+
 class CurriculumEnv(gym.Env):
     """A single env that plays the curriculum's choice of task each episode; info["task"] names it."""
 
-    def __init__(self, curriculum: Curriculum, render_mode: str | None = None):
+    def __init__(self, curriculum: Curriculum, render_mode: str | None = None, wrappers: Sequence[Wrapper] = ()):
         self.curriculum = curriculum
         self.render_mode = render_mode
-        self.envs = [make_task_env(task, render_mode) for task in curriculum.tasks]
+        self.envs = [make_task_env(task, render_mode, wrappers) for task in curriculum.tasks]
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         for task, env in zip(curriculum.tasks, self.envs):
@@ -111,16 +161,21 @@ if "CartPoleNoVel-v1" not in gym.registry:
                  max_episode_steps=500, reward_threshold=475.0)
 
 
-def make_env(curriculum: Curriculum, render_mode: str | None = None) -> gym.Env:
+def make_env(curriculum: Curriculum, render_mode: str | None = None, wrappers: Sequence[Wrapper] = ()) -> gym.Env:
     """One env of the curriculum: its task's env, or a CurriculumEnv over its several tasks."""
     if len(curriculum.tasks) > 1:
-        return CurriculumEnv(curriculum, render_mode)
-    return make_task_env(curriculum.tasks[0], render_mode)
+        return CurriculumEnv(curriculum, render_mode, wrappers)
+    return make_task_env(curriculum.tasks[0], render_mode, wrappers)
 
 
-def make_task_env(task: Task, render_mode: str | None = None) -> gym.Env:
-    """gym.make of one task; render_mode only when asked for (not every env takes the argument)."""
-    return gym.make(task.env_id, **({"render_mode": render_mode} if render_mode else {}), **task.kwargs)
+def make_task_env(task: Task, render_mode: str | None = None, wrappers: Sequence[Wrapper] = ()) -> gym.Env:
+    """gym.make of one task, then the wrappers in order; render_mode only when asked for (not every env
+    takes the argument)."""
+    register_task(task)
+    env = gym.make(task.env_id, **({"render_mode": render_mode} if render_mode else {}), **task.kwargs)
+    for wrap in wrappers:
+        env = wrap(env)
+    return env
 
 
 class RecordVideo(gym.wrappers.RecordVideo):
@@ -148,12 +203,14 @@ def record_first_episode(env: gym.Env, record_dir: str) -> gym.Env:
 
 def check_recordable(task: str) -> None:
     """ConfigError unless episodes of `task` (a curriculum task string) can be recorded: MettaGrid
-    writes replays; a gymnasium env needs the video extra and must render rgb_array frames (one is
+    writes replays; ALE games record what the agent sees (the video extra); a gymnasium env needs the video extra and must render rgb_array frames (one is
     rendered here, so a missing renderer such as pygame shows now, not at the first evaluation)."""
     parsed = Task.parse(task)
     if mettagrid_env.is_mettagrid(parsed.env_id):
         return
     import_extra("moviepy", "video", "--evaluation.video")
+    if atari.is_atari(parsed.env_id):  # the agent's own frames, written by atari.AtariGames
+        return
     env = make_env(SingleTaskCurriculum(task))
     modes = env.metadata.get("render_modes", [])
     env.close()
@@ -184,7 +241,7 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
     as MettaGrid's own replay file of each finished episode (.json.z, for its MettaScope viewer).
     See `check_recordable`.
     """
-    curriculum = curriculum or SingleTaskCurriculum(env_config.id)
+    curriculum = curriculum or make_curriculum(env_config)  # env.id, with env.kwargs
     task = curriculum.tasks[0]
     workers = env_config.num_workers if record_dir is None else 0  # a recording steps in this process
     is_mettagrid = [mettagrid_env.is_mettagrid(t.env_id) for t in curriculum.tasks]
@@ -201,31 +258,45 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
             vecenv = mettagrid_env.MettaGridVecEnv(curriculum, env_config.num_envs, seed, replay_dir=record_dir)
         vecenv.reset(seed=seed)
         return vecenv
+    if env_config.wrappers and any(is_mettagrid):
+        raise ConfigError(f"env.wrappers={env_config.wrappers} are gymnasium wrappers; MettaGrid tasks take none")
+    for t in curriculum.tasks:
+        register_task(t)
+    if any(atari.is_atari(t.env_id) for t in curriculum.tasks):  # ale-py's native vector env (the atari extra)
+        if len(curriculum.tasks) > 1 or env_config.wrappers or workers:
+            raise ConfigError(f"{task.name}: ALE games step in ale-py's own vector env, one game at a time, with "
+                              "its own threads: drop curriculum.tasks, env.wrappers and env.num_workers")
+        vecenv = atari.make_atari_vecenv(task.env_id, env_config.num_envs, task.kwargs, record_dir)
+        vecenv.reset(seed=seed)
+        return vecenv
     try:
         spec = gym.spec(task.env_id)
     except gym.error.Error as err:
-        raise ConfigError(f"env.id={task.env_id!r} is not a registered gymnasium environment: {err}") from None
+        raise ConfigError(f"env.id={task.name!r} is not a registered gymnasium environment: {err}") from None
+    wrappers = [load_wrapper(wrapper) for wrapper in env_config.wrappers]
 
     mode = env_config.vectorization if record_dir is None else "sync"  # RecordVideo wraps one sub-env
     if workers:  # gymnasium's own worker processes, in shared memory
         mode = "async"
+    has_native = spec.vector_entry_point is not None and len(curriculum.tasks) == 1 and not wrappers
     if mode == "auto":
-        mode = "native" if spec.vector_entry_point is not None and len(curriculum.tasks) == 1 else "sync"
-    if mode == "native" and (spec.vector_entry_point is None or len(curriculum.tasks) > 1):
-        raise ConfigError(f"env.vectorization='native' but {task.name} has no native vector env "
-                          "(or the curriculum has several tasks); use 'sync' or 'async'")
+        mode = "native" if has_native else "sync"
+    if mode == "native" and not has_native:
+        raise ConfigError(f"env.vectorization='native' but {task.name} has no native vector env (or the curriculum "
+                          "has several tasks, or env.wrappers wrap each env); use 'sync' or 'async'")
     next_step = {"autoreset_mode": AutoresetMode.NEXT_STEP}
     if record_dir is not None:
-        env_fns = [lambda: make_env(curriculum, "rgb_array")] + [lambda: make_env(curriculum)] * (env_config.num_envs - 1)
+        env_fns = ([lambda: make_env(curriculum, "rgb_array", wrappers)]
+                   + [lambda: make_env(curriculum, None, wrappers)] * (env_config.num_envs - 1))
         vecenv = gym.vector.SyncVectorEnv(env_fns, **next_step)
     elif len(curriculum.tasks) > 1:
         vector_class = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
-        vecenv = vector_class([lambda: CurriculumEnv(curriculum)] * env_config.num_envs, **next_step)
+        vecenv = vector_class([lambda: CurriculumEnv(curriculum, None, wrappers)] * env_config.num_envs, **next_step)
     elif mode == "native":
         vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode="vector_entry_point", **task.kwargs)
     else:
         vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode=mode, vector_kwargs=next_step,
-                              **task.kwargs)
+                              wrappers=wrappers, **task.kwargs)
     try:
         check_spaces(vecenv.single_observation_space, vecenv.single_action_space, task.name)
         check_autoreset(vecenv)

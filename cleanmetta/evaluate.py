@@ -4,7 +4,10 @@ A simulation is a task (gymnasium id + kwargs), an episode count and a seed. Eva
 environment copy per episode, each for exactly one episode (so short episodes are not
 over-counted), with its own seeded RNG for the policy's sampling: the same policy and seed give
 the same scores, and the training run's RNG stream is left untouched. A recurrent policy's LSTM
-state is carried per environment from a zero state at the episode's start.
+state is carried per environment from a zero state at the episode's start. An env that reports its
+own episode score in info["episode"] (gymnasium's RecordEpisodeStatistics convention; ALE games, with
+the unclipped game score over all lives) is scored by it, its episode ending when it reports one: an
+Atari evaluation plays whole games whatever ends the training episodes.
 
 From the command line, for the latest (or a chosen) policy of a run:
 
@@ -32,8 +35,9 @@ import torch
 
 from cleanmetta.checkpoint import CheckpointError, PolicyStore
 from cleanmetta.config import ConfigError, EnvConfig, TrainingConfig
-from cleanmetta.curriculum import SingleTaskCurriculum, Task
+from cleanmetta.curriculum import SingleTaskCurriculum, Task, configured_tasks
 from cleanmetta.envs import check_recordable, make_vecenv
+from cleanmetta.spaces import observation_layout
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Simulation:
     """gymnasium id with optional kwargs, as in curriculum tasks: 'CartPole-v1:max_episode_steps=200'."""
     episodes: int = 10
     seed: int = 0
+    wrappers: list[str] = field(default_factory=list)
+    """gymnasium wrappers by import path, applied to every env in order, as the training run's env.wrappers."""
 
 
 @dataclass
@@ -68,10 +74,12 @@ def video_dir(run_dir: str) -> str:
 
 
 def suite_from_config(config: TrainingConfig, episodes: int | None = None, seed: int | None = None) -> list[Simulation]:
-    """One simulation per training task (the curriculum's tasks, else env.id)."""
-    tasks = config.curriculum.tasks or [config.env.id]
-    return [Simulation(name=Task.parse(task).name, task=task, episodes=episodes or config.evaluation.episodes,
-                       seed=config.evaluation.seed if seed is None else seed) for task in tasks]
+    """One simulation per training task (the curriculum's tasks, else env.id, with env.kwargs), on the
+    training run's env.wrappers; each named by its task as written."""
+    names = [Task.parse(task).name for task in config.curriculum.tasks or [config.env.id]]
+    return [Simulation(name=name, task=task.name, episodes=episodes or config.evaluation.episodes,
+                       seed=config.evaluation.seed if seed is None else seed, wrappers=list(config.env.wrappers))
+            for name, task in zip(names, configured_tasks(config.env, config.curriculum))]
 
 
 class PolicyEvaluator:
@@ -108,8 +116,8 @@ class PolicyEvaluator:
         if record_dir is not None and os.path.isdir(record_dir):
             shutil.rmtree(record_dir)  # this evaluation's files only (an earlier one at the same step, e.g.)
         # 'sync': the envs a recording needs (RecordVideo wraps one), so recording never changes the episodes
-        vecenv = make_vecenv(EnvConfig(id=Task.parse(sim.task).env_id, num_envs=sim.episodes, vectorization="sync"),
-                             sim.seed, SingleTaskCurriculum(sim.task), record_dir)
+        env_config = EnvConfig(id=sim.task, num_envs=sim.episodes, vectorization="sync", wrappers=sim.wrappers)
+        vecenv = make_vecenv(env_config, sim.seed, SingleTaskCurriculum(sim.task), record_dir)
         # One episode per env; a multi-agent env (MettaGrid) has several agents per episode, each a row.
         returns = np.zeros(vecenv.num_envs)
         lengths = np.zeros(vecenv.num_envs, np.int64)
@@ -120,17 +128,23 @@ class PolicyEvaluator:
             shape = vecenv.action_space.shape
             # A recurrent policy carries each env's LSTM state; one episode per env, so it starts at zero.
             state = policy.initial_state(vecenv.num_envs, self.device) if getattr(policy, "recurrent", False) else None
+            layout = observation_layout(vecenv.single_observation_space)  # a Dict, ... as the buffer stores it
             while running.any():
-                obs_t = torch.as_tensor(obs, device=self.device)
+                obs_t = torch.as_tensor(obs if layout is None else layout.flatten(obs), device=self.device)
                 if state is None:
                     action = policy.act(obs_t, self.deterministic)
                 else:
                     action, state = policy.act(obs_t, self.deterministic, state)
                 action = action.cpu().numpy().reshape(shape)
-                obs, reward, terminated, truncated, _ = vecenv.step(action)
+                obs, reward, terminated, truncated, infos = vecenv.step(action)
                 returns += reward * running
                 lengths += running
-                running &= ~(terminated | truncated)
+                if "episode" in infos:  # the env's own score (e.g. an Atari game's, over all its lives): its episode
+                    ended = infos["_episode"] & running
+                    returns[ended], lengths[ended] = infos["episode"]["r"][ended], infos["episode"]["l"][ended]
+                    running &= ~ended
+                else:
+                    running &= ~(terminated | truncated)
         vecenv.close()  # RecordVideo writes its mp4 when its episode ends, at the latest when closed
         recordings = sorted(os.path.join(record_dir, f) for f in os.listdir(record_dir)) if record_dir else []
         return SimulationResult(returns.mean(), returns.std(), returns.min(), returns.max(), lengths.mean(),

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from cleanmetta.spaces import stored_space
+
 
 class Batch(NamedTuple):
     """Training samples: flat `[N, ...]`, the valid transitions of one rollout; or segments
@@ -107,7 +109,7 @@ class Experience:
         self,
         num_steps: int,
         num_agents: int,
-        observation_space: spaces.Box,
+        observation_space: spaces.Space,
         action_space: spaces.Space,
         device: torch.device | str = "cpu",
         lstm_size: int = 0,
@@ -119,6 +121,7 @@ class Experience:
             raise ValueError(f"bptt_horizon={bptt_horizon} must divide num_steps={num_steps}")
         self.device = torch.device(device)
         T, B = num_steps, num_agents
+        observation_space = stored_space(observation_space)  # a Dict, Discrete, ... as one flat row (spaces.py)
         obs_dtype = torch.uint8 if observation_space.dtype == np.uint8 else torch.float32
         action_shape, action_dtype = action_layout(action_space)
 

@@ -5,13 +5,15 @@ Every policy is a `Policy`: `forward(obs)` returns the action-distribution param
 `(action, logprob, entropy, value)`; `get_value(obs)` returns the value alone. Actions are always
 `[B, action_dim]`: one column for Discrete, one per sub-action for MultiDiscrete, the vector for Box.
 
-Three networks, chosen by `AgentConfig.name` through the `POLICIES` table ("auto", the default,
+Four networks, chosen by `AgentConfig.name` through the `POLICIES` table ("auto", the default,
 picks one from the observation space, see `network_for`):
 - "mlp": separate actor and critic MLPs with tanh (CleanRL's sizes by default), optionally on
   normalised observations.
 - "simple_cnn": a convolutional trunk shared by the actor and critic heads, for image or grid
   observations.
 - "token": MettaGrid's token observations, encoded without drawing a grid.
+- "multi_input": every other observation space (Dict, Tuple, Discrete, ...), each entry encoded by
+  its kind (encoders.py), then the mlp network's actor and critic.
 
 Each network is an encoder (`encode(obs) -> [B, encoder_size]`) and actor and critic heads
 (`decode(x) -> (distribution params, value)`). With `agent.lstm_size > 0`, `make_policy` puts an
@@ -36,15 +38,9 @@ from gymnasium import spaces
 from torch import nn
 
 from cleanmetta.config import AgentConfig, ConfigError
+from cleanmetta.encoders import ImageEncoder, MultiInputEncoder, is_image, layer_init
 from cleanmetta.normalize import ObservationNorm
-from cleanmetta.spaces import check_spaces, space_to_dict
-
-
-def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
-    """Orthogonal weights with gain `std` and constant bias, the PPO reference initialisation."""
-    nn.init.orthogonal_(layer.weight, std)
-    nn.init.constant_(layer.bias, bias)
-    return layer
+from cleanmetta.spaces import ObservationLayout, check_spaces, space_to_dict
 
 
 class CategoricalHead(nn.Module):
@@ -229,34 +225,17 @@ class MLPPolicy(Policy):
 
 
 class CNNPolicy(Policy):
-    """Convolutional trunk -> dense layer of `hidden_size` -> actor and critic heads.
-
-    Observations are [C, H, W], or [H, W, C] when the last axis is the shortest and at most 4 long
-    (RGB frames). uint8 observations are scaled to [0, 1]. Large frames (36 pixels or more) get the
-    Nature-DQN trunk (8x8/4, 4x4/2, 3x3/1); small grids get two padded 3x3 convolutions.
-    """
+    """Convolutional trunk -> dense layer of `hidden_size` (encoders.ImageEncoder) -> linear actor and
+    critic heads, for image or grid observations [C, H, W] or [H, W, C] (CleanRL's ppo_atari.py network
+    at hidden_size 512 on 84x84 frames)."""
 
     def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 512,
                  core_size: int | None = None):
         super().__init__()
-        shape = observation_space.shape
-        if len(shape) != 3:
-            raise ValueError(f"simple_cnn needs [C, H, W] or [H, W, C] observations, got shape {shape}; "
-                             "use agent.name='mlp' for vector observations")
-        self.channels_last = shape[-1] <= 4 and shape[-1] < min(shape[0], shape[1])
-        channels, height, width = (shape[2], shape[0], shape[1]) if self.channels_last else shape
-        self.scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
-        if min(height, width) >= 36:
-            convs = [nn.Conv2d(channels, 32, 8, stride=4), nn.Conv2d(32, 64, 4, stride=2), nn.Conv2d(64, 64, 3)]
-        else:
-            convs = [nn.Conv2d(channels, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1)]
-        layers: list[nn.Module] = []
-        for conv in convs:
-            layers += [layer_init(conv), nn.ReLU()]
-        self.trunk = nn.Sequential(*layers, nn.Flatten())
-        with torch.no_grad():
-            flat = self.trunk(torch.zeros(1, channels, height, width)).shape[1]
-        self.dense = layer_init(nn.Linear(flat, hidden_size))
+        if not is_image(observation_space):
+            raise ValueError(f"simple_cnn needs [C, H, W] or [H, W, C] observations, got shape "
+                             f"{observation_space.shape}; use agent.name='mlp' for vector observations")
+        self.image = ImageEncoder(observation_space, hidden_size)
         self.encoder_size = hidden_size
         self.head = make_head(action_space)
         core_size = core_size or hidden_size
@@ -264,13 +243,28 @@ class CNNPolicy(Policy):
         self.critic = layer_init(nn.Linear(core_size, 1), std=1.0)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() * self.scale
-        if self.channels_last:
-            x = x.permute(0, 3, 1, 2)
-        return F.relu(self.dense(self.trunk(x)))
+        return self.image(obs)
 
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor(x), self.critic(x).squeeze(-1)
+
+
+class MultiInputPolicy(MLPPolicy):
+    """Structured observations (a Dict, Tuple, Discrete, MultiDiscrete or MultiBinary space) as SB3's
+    MultiInputPolicy takes them: each entry encoded (encoders.MultiInputEncoder: images through a conv
+    trunk, discrete entries one-hot, the rest as floats), concatenated, then MLPPolicy's actor and
+    critic MLPs (or the LSTM core, then the MLPs). Observations arrive as the buffer stores them: flat
+    rows of the space's spaces.ObservationLayout."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, hidden_size: int = 64,
+                 core_size: int | None = None):
+        encoder = MultiInputEncoder(ObservationLayout(observation_space), hidden_size)
+        super().__init__(spaces.Box(-np.inf, np.inf, (encoder.size,)), action_space, hidden_size,
+                         core_size=core_size)
+        self.inputs = encoder
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.inputs(obs)
 
 
 EMPTY_TOKEN = 0xFF  # the location byte of an unused token slot
@@ -454,14 +448,18 @@ class SegmentReplay(Policy):
         return self.recurrent_policy[0].decode(self.core)
 
 
-POLICIES: dict[str, type[Policy]] = {"mlp": MLPPolicy, "simple_cnn": CNNPolicy, "token": TokenPolicy}
+POLICIES: dict[str, type[Policy]] = {"mlp": MLPPolicy, "simple_cnn": CNNPolicy, "token": TokenPolicy,
+                                     "multi_input": MultiInputPolicy}
 
 
 def network_for(agent_config: AgentConfig, observation_space: spaces.Space) -> str:
-    """agent.name, with 'auto' resolved from the observation space: token for uint8 [num_tokens, 3]
-    (MettaGrid), simple_cnn for [C, H, W] / [H, W, C] images, mlp otherwise."""
+    """agent.name, with 'auto' resolved from the observation space: multi_input for any space but a Box
+    (Dict, Tuple, Discrete, ...), token for uint8 [num_tokens, 3] (MettaGrid), simple_cnn for
+    [C, H, W] / [H, W, C] images, mlp otherwise."""
     if agent_config.name != "auto":
         return agent_config.name
+    if not isinstance(observation_space, spaces.Box):
+        return "multi_input"
     shape = observation_space.shape
     if len(shape) == 2 and shape[1] == 3 and observation_space.dtype == np.uint8:
         return "token"
@@ -474,6 +472,9 @@ def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, acti
     name = network_for(agent_config, observation_space)
     if name not in POLICIES:
         raise ConfigError(f"agent.name={name!r} is not a known network; choose one of {sorted(POLICIES)} or 'auto'")
+    if (name == "multi_input") == isinstance(observation_space, spaces.Box):
+        raise ConfigError(f"agent.name={name!r} does not fit the observation space {observation_space}: "
+                          "'multi_input' is for every space but a Box, the others for Boxes; use 'auto'")
     if agent_config.normalize_obs and name != "mlp":
         raise ConfigError(f"agent.normalize_obs is for the mlp network, not {name!r} (agent.name="
                           f"{agent_config.name!r}); drop the flag")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ def learning_rate_at(trainer: TrainerConfig, epoch: int, num_epochs: int) -> flo
 
 
 def run_dir_for(config: TrainingConfig) -> str:
-    name = config.experiment_name or f"{config.env.id.replace('/', '-')}__{config.seed}__{int(time.time())}"
+    name = config.experiment_name or f"{re.sub(r'[/:]', '-', config.env.id)}__{config.seed}__{int(time.time())}"
     return distributed.broadcast_object(os.path.join(config.log.run_root, name))  # torchrun: rank 0's clock
 
 

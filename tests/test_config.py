@@ -62,7 +62,7 @@ def with_change(path: str, value) -> TrainingConfig:
     ("env.id", " ", "env.id"),
     ("env.num_envs", 0, "env.num_envs=0"),
     ("env.vectorization", "ray", "env.vectorization='ray'"),
-    ("agent.name", "transformer", "agent.name='transformer' is not a known network; choose one of ['mlp', 'simple_cnn', 'token'] or 'auto'"),
+    ("agent.name", "transformer", "agent.name='transformer' is not a known network; choose one of ['mlp', 'multi_input', 'simple_cnn', 'token'] or 'auto'"),
     ("agent.hidden_size", 0, "agent.hidden_size=0"),
     ("trainer.total_timesteps", 0, "trainer.total_timesteps=0"),
     ("trainer.num_steps", -1, "trainer.num_steps=-1"),

@@ -14,11 +14,12 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [  # bottom first
-    ["config", "distributed"],                             # 1 plain dataclasses, presets; the process group
-    ["spaces", "curriculum", "normalize", "experience", "workers"],  # 2 spaces, tasks, running statistics,
-                                                           #   buffers, env worker processes
-    ["mettagrid_env"],                                     # 3 the optional MettaGrid vector env
-    ["envs"],                                              # 4 make_vecenv
+    ["config", "distributed", "spaces"],                   # 1 plain dataclasses, presets; the process group;
+                                                           #   spaces and how observations are stored
+    ["curriculum", "normalize", "experience", "workers"],  # 2 tasks, running statistics, buffers,
+                                                           #   env worker processes
+    ["mettagrid_env", "atari"],                            # 3 the optional MettaGrid and Atari vector envs
+    ["envs", "encoders"],                                  # 4 make_vecenv; observation encoders
     ["policy"],                                            # 5 networks
     ["collector", "ppo"],                                  # 6 rollout, PPO update
     ["checkpoint", "log"],                                 # 7 files on disk, metrics

@@ -83,7 +83,7 @@ def test_simple_cnn_handles_grids_and_frames(shape):
     obs = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
     action, logprob, entropy, value = policy.get_action_and_value(obs)
     assert action.shape == (2, 1) and value.shape == (2,)
-    assert policy.dense.out_features == 32
+    assert policy.image.dense.out_features == 32
 
 
 def test_simple_cnn_rejects_vector_observations():
@@ -98,7 +98,7 @@ def test_the_config_lists_exactly_the_networks_of_the_table():
 def test_unknown_network_names_are_rejected_by_the_cli_the_config_and_make_policy():
     with pytest.raises(SystemExit):
         tyro.cli(TrainingConfig, args=["--agent.name", "transformer"])
-    message = "agent.name='transformer' is not a known network; choose one of \\['mlp', 'simple_cnn', 'token'\\]"
+    message = "agent.name='transformer' is not a known network; choose one of \\['mlp', 'multi_input', 'simple_cnn', 'token'\\]"
     with pytest.raises(ConfigError, match=message):
         TrainingConfig(agent=AgentConfig(name="transformer")).validate()
     with pytest.raises(ConfigError, match=message):

@@ -1,0 +1,321 @@
+"""cleanmetta's `atari` preset against CleanRL's ppo_atari.py on Breakout, side by side.
+
+Both train PPO with CleanRL's Atari settings (8 envs x 128 steps, 4 minibatches x 4 epochs, lr
+2.5e-4 annealed, clip 0.1, entropy 0.01, the Nature CNN) for the same agent steps and seeds:
+  cleanmetta  `python train.py --preset atari`: ALE/Breakout-v5 through ale-py's native vector env
+              (C++ threads, no sticky actions).
+  cleanrl     CleanRL's own ppo_atari.py on BreakoutNoFrameskip-v4 (gymnasium's SyncVectorEnv and
+              Python wrappers: NoopReset 30, MaxAndSkip 4, EpisodicLife, FireReset, ClipReward,
+              84x84 grayscale, FrameStack 4). This file holds none of CleanRL's code: `--cleanrl`
+              names a CleanRL checkout (or its cleanrl/ppo_atari.py); each run copies the script into
+              a scratch directory and adapts the copy to gymnasium 1.x and ale-py 0.12 with the text
+              substitutions in SUBSTITUTIONS (each must match, or the run stops and says which did
+              not): ale-py's ids registered, FrameStack and GrayScaleObservation under their
+              gymnasium 1.x names, same-step autoreset as gymnasium 0.29 had (and as CleanRL's own
+              gymnasium-1.x branch does), the episode statistics read from gymnasium 1.x's
+              `final_info` dict, and two files written as cleanmetta's run directory has them:
+              episodes.csv (agent_steps, seconds, return, length of every finished game) and
+              summary.json (agent_steps, seconds, steps_per_second of the training loop). It runs
+              with `--no-track --no-capture-video`, on the CPU unless `--device cuda`. Its episode
+              length counts emulator frames (its RecordEpisodeStatistics sits under the frame skip);
+              cleanmetta's, agent steps.
+Threads: CleanRL keeps torch's default thread count (2 on a 2-core machine), cleanmetta its
+`torch_threads` (1 unless `--cleanmetta-args --torch-threads 2`).
+
+Runs alternate between the libraries (the order flips every seed); each is a fresh process, whose
+wall time includes interpreter start and imports. Per run: wall seconds, steps per second of the
+training loop, the final game score (mean raw score of the last 20 finished games: all lives, not
+clipped), the number of finished games and the process's peak resident memory. Each finished run
+is written to the JSON results at once (keyed by library and seed), so a later invocation with the
+same settings continues where an interrupted one stopped (`--fresh` starts over). Per library:
+medians, and the median of the per-seed ratios cleanmetta / CleanRL of steps per second. The
+table goes to the console and next to the JSON (results/atari.md); the learning curves (score
+against agent steps and wall time, mean and range over seeds) to results/atari.png.
+
+    pip install opencv-python-headless   # gymnasium's ResizeObservation, in CleanRL's wrappers
+    pip install stable-baselines3        # only for a ppo_atari.py without its checkout's cleanrl_utils
+    git clone https://github.com/vwxyzjn/cleanrl /tmp/cleanrl
+    python benchmarks/atari.py --cleanrl /tmp/cleanrl       # 3 seeds x 300k steps: ~25-40 minutes a run on
+                                                             # 2 cores, 3-4 hours (an interrupted one goes on)
+    python benchmarks/atari.py --cleanrl /tmp/cleanrl --seeds 1 --total-timesteps 4096 \\
+        --libraries cleanrl --out /tmp/atari.json           # a smoke test of the CleanRL side (~30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+import compare  # noqa: E402  (this folder is first on sys.path)
+
+# benchmarks/ off the path once compare is in: its mettagrid.py would shadow the mettagrid package
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]
+
+LIBRARIES = ["cleanmetta", "cleanrl"]
+FINAL_WINDOW = 20  # the final score: mean of the last 20 finished games
+
+WRAPPERS_CLEANRL = "from cleanrl_utils.atari_wrappers import ("
+WRAPPERS_SB3 = "from stable_baselines3.common.atari_wrappers import ("
+
+# (what it is for, CleanRL's text, its replacement). Lines added are marked `# benchmarks/atari.py`.
+SUBSTITUTIONS = [
+    ("register ale-py's ids (gymnasium 1.x registers them only when ale_py is imported); json for summary.json",
+     "import gymnasium as gym\n",
+     "import gymnasium as gym\n"
+     "import ale_py  # benchmarks/atari.py\n"
+     "import json  # benchmarks/atari.py\n"
+     "gym.register_envs(ale_py)  # benchmarks/atari.py\n"),
+    ("GrayScaleObservation is GrayscaleObservation in gymnasium 1.x",
+     "gym.wrappers.GrayScaleObservation(env)",
+     "gym.wrappers.GrayscaleObservation(env)"),
+    ("FrameStack is FrameStackObservation in gymnasium 1.x (same padding: the reset frame)",
+     "gym.wrappers.FrameStack(env, 4)",
+     "gym.wrappers.FrameStackObservation(env, 4)"),
+    ("the run's files (runs/, episodes.csv, summary.json) go to the script's scratch directory",
+     "    args = tyro.cli(Args)\n",
+     "    os.chdir(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/atari.py\n"
+     "    args = tyro.cli(Args)\n"),
+    ("same-step autoreset, as gymnasium 0.29 did (gymnasium 1.x's default is next-step)",
+     "for i in range(args.num_envs)],\n    )",
+     "for i in range(args.num_envs)],\n"
+     "        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # benchmarks/atari.py\n    )"),
+    ("episodes.csv, opened when the clock starts",
+     "    start_time = time.time()\n",
+     "    start_time = time.time()\n"
+     "    episodes_csv = open(\"episodes.csv\", \"w\", buffering=1)  # benchmarks/atari.py\n"
+     "    episodes_csv.write(\"agent_steps,seconds,return,length\\n\")  # benchmarks/atari.py\n"),
+    ("gymnasium 1.x's final_info is one dict of arrays (with an _episode mask), not a list of dicts; "
+     "each finished game also goes to episodes.csv",
+     """            if "final_info" in infos:
+                for info in infos["final_info"]:
+                    if info and "episode" in info:
+                        print(f"global_step={global_step}, episodic_return={info['episode']['r']}")
+                        writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
+                        writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+""",
+     """            if "final_info" in infos and "episode" in infos["final_info"]:  # benchmarks/atari.py: from here
+                final = infos["final_info"]
+                for i in np.flatnonzero(final["_episode"]):
+                    r, l = float(final["episode"]["r"][i]), int(final["episode"]["l"][i])
+                    print(f"global_step={global_step}, episodic_return={r}")
+                    writer.add_scalar("charts/episodic_return", r, global_step)
+                    writer.add_scalar("charts/episodic_length", l, global_step)
+                    episodes_csv.write(f"{global_step},{time.time() - start_time:.3f},{r:.6g},{l}\\n")  # to here
+"""),
+    ("summary.json: agent steps and seconds of the training loop",
+     "    envs.close()\n    writer.close()\n",
+     "    envs.close()\n    writer.close()\n"
+     "    seconds = time.time() - start_time  # benchmarks/atari.py\n"
+     "    with open(\"summary.json\", \"w\") as f:  # benchmarks/atari.py\n"
+     "        json.dump({\"agent_steps\": global_step, \"seconds\": seconds,  # benchmarks/atari.py\n"
+     "                   \"steps_per_second\": global_step / seconds}, f)  # benchmarks/atari.py\n"),
+]
+
+
+def find_cleanrl(path: str) -> tuple[str, str | None]:
+    """(ppo_atari.py, the checkout's cleanrl_utils folder or None) for a checkout or the script itself."""
+    script = os.path.join(path, "cleanrl", "ppo_atari.py") if os.path.isdir(path) else path
+    if not os.path.isfile(script):
+        raise SystemExit(f"--cleanrl {path}: no CleanRL script there (expected a CleanRL checkout, with "
+                         "cleanrl/ppo_atari.py in it, or the path of ppo_atari.py)")
+    utils = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(script))), "cleanrl_utils")
+    return script, utils if os.path.isfile(os.path.join(utils, "atari_wrappers.py")) else None
+
+
+def adapt_cleanrl(script: str, utils: str | None, dest: str) -> str:
+    """Copy CleanRL's script (and the checkout's cleanrl_utils) into `dest`, apply SUBSTITUTIONS to
+    the copy; return the copy's path. Stops with a message naming the substitution that no longer matches."""
+    with open(script) as f:
+        text = f.read()
+    if WRAPPERS_CLEANRL in text and utils is None:
+        # CleanRL's cleanrl_utils/atari_wrappers.py is SB3's, copied: without the checkout, SB3's
+        text = text.replace(WRAPPERS_CLEANRL, WRAPPERS_SB3)
+    if WRAPPERS_SB3 in text and importlib.util.find_spec("stable_baselines3") is None:
+        raise SystemExit(f"{script} imports stable_baselines3's Atari wrappers (or the checkout's cleanrl_utils "
+                         "is missing): pip install stable-baselines3")
+    for what, old, new in SUBSTITUTIONS:
+        if text.count(old) != 1:
+            raise SystemExit(f"{script}: cannot adapt it to gymnasium 1.x ({what}): expected this text once, found "
+                             f"it {text.count(old)} times:\n{old}\nThe script has changed; update SUBSTITUTIONS in "
+                             "benchmarks/atari.py.")
+        text = text.replace(old, new)
+    os.makedirs(dest, exist_ok=True)
+    if utils is not None and WRAPPERS_CLEANRL in text:
+        shutil.copytree(utils, os.path.join(dest, "cleanrl_utils"), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    copy = os.path.join(dest, os.path.basename(script))
+    with open(copy, "w") as f:
+        f.write(text)
+    return copy
+
+
+def check_cleanrl_needs() -> None:
+    """Stop before the first run when the CleanRL side cannot run here."""
+    missing = {"cv2": "opencv-python-headless (gymnasium's ResizeObservation)", "tyro": "tyro",
+               "tensorboard": "tensorboard (CleanRL's SummaryWriter)", "ale_py": "ale-py"}
+    absent = [package for module, package in missing.items() if importlib.util.find_spec(module) is None]
+    if absent:
+        raise SystemExit("CleanRL's ppo_atari.py needs: pip install " + " ".join(p.split()[0] for p in absent)
+                         + "  (" + "; ".join(absent) + ")")
+
+
+def read_run(run_dir: str) -> tuple[dict, list[tuple[int, float, float, int]]]:
+    """summary.json and the finished episodes (agent_steps, seconds, return, length) of episodes.csv,
+    as cleanmetta's run directory and the adapted CleanRL script both write them."""
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(run_dir, "episodes.csv"), newline="") as f:
+        episodes = [(int(r["agent_steps"]), float(r["seconds"]), float(r["return"]), int(r["length"]))
+                    for r in csv.DictReader(f) if r.get("length")]
+    return summary, episodes
+
+
+def run_cleanmetta(seed: int, steps: int, workdir: str, device: str, extra: list[str]) -> tuple[float, float, str]:
+    name = f"cleanmetta_seed{seed}"
+    wall, rss = compare.run_process([sys.executable, "train.py", "--preset", "atari", "--seed", str(seed),
+                                     "--trainer.total-timesteps", str(steps), "--device", device,
+                                     "--log.run-root", workdir, "--experiment-name", name,
+                                     "--log.console-interval", "1e9", *extra])
+    return wall, rss, os.path.join(workdir, name)
+
+
+def run_cleanrl(seed: int, steps: int, workdir: str, device: str, script: str, utils: str | None
+                ) -> tuple[float, float, str]:
+    run_dir = os.path.join(workdir, f"cleanrl_seed{seed}")
+    copy = adapt_cleanrl(script, utils, run_dir)
+    wall, rss = compare.run_process([sys.executable, copy, "--seed", str(seed), "--total-timesteps", str(steps),
+                                     "--no-track", "--no-capture-video",
+                                     "--cuda" if device == "cuda" else "--no-cuda"])
+    return wall, rss, run_dir
+
+
+def measure(wall: float, rss: float, run_dir: str, seed: int) -> dict:
+    summary, episodes = read_run(run_dir)
+    final = [ret for _, _, ret, _ in episodes[-FINAL_WINDOW:]]
+    return {"seed": seed, "wall_s": wall, "sps": summary["steps_per_second"], "agent_steps": summary["agent_steps"],
+            "final_score": statistics.fmean(final) if final else None, "games": len(episodes),
+            "peak_rss_mb": rss, "episodes": episodes}
+
+
+def score(value: float | None) -> str:
+    return "no game finished" if value is None else f"{value:.1f}"
+
+
+def load(out: str, fresh: bool, settings: dict) -> dict:
+    """The results so far (the runs of earlier invocations with the same settings), or new ones."""
+    if fresh or not os.path.exists(out):
+        return {**settings, "runs": {}}
+    with open(out) as f:
+        results = json.load(f)
+    differ = {key: (results.get(key), value) for key, value in settings.items() if results.get(key) != value}
+    if differ:
+        told = ", ".join(f"{key}: {there} there, {now} now" for key, (there, now) in differ.items())
+        raise SystemExit(f"{out} holds runs with other settings ({told}): pass --fresh to start over, or another --out")
+    return results
+
+
+def save(results: dict, out: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(out + ".tmp", out)  # a kill mid-write leaves the previous results whole
+
+
+def table(results: dict, libraries: list[str]) -> str:
+    runs = results["runs"]
+    lines = [f"{results['env']}, {results['total_timesteps']:,} agent steps, device {results['device']}; "
+             "medians over seeds", "",
+             f"| library | seeds | wall s | steps/s | final score (last {FINAL_WINDOW} games) | games | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for lib in libraries:
+        rows = list(runs.get(lib, {}).values())
+        if not rows:
+            continue
+        col = {key: compare.median([r[key] for r in rows]) for key in ("wall_s", "sps", "final_score", "games",
+                                                                         "peak_rss_mb")}
+        lines.append(f"| {lib} | {len(rows)} | {col['wall_s']:.1f} | {col['sps']:,.0f} | "
+                     f"{score(col['final_score'])} | {col['games']:.0f} | {col['peak_rss_mb']:.0f} |")
+    both = sorted(set(runs.get("cleanmetta", {})) & set(runs.get("cleanrl", {})), key=int)
+    if both:
+        ratios = [runs["cleanmetta"][s]["sps"] / runs["cleanrl"][s]["sps"] for s in both]
+        walls = [runs["cleanrl"][s]["wall_s"] / runs["cleanmetta"][s]["wall_s"] for s in both]
+        lines += ["", f"cleanmetta / CleanRL steps per second, median of per-seed ratios (seeds {', '.join(both)}): "
+                      f"{statistics.median(ratios):.2f}x; wall time {statistics.median(walls):.2f}x shorter"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cleanrl", default=None, help="a CleanRL checkout, or its cleanrl/ppo_atari.py")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--total-timesteps", type=int, default=300_000)
+    parser.add_argument("--libraries", nargs="+", default=LIBRARIES, choices=LIBRARIES)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both libraries' torch device")
+    parser.add_argument("--fresh", action="store_true", help="drop the runs already in --out and start over")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "atari.json"))
+    parser.add_argument("--cleanmetta-args", nargs=argparse.REMAINDER, default=[],
+                        help="extra train.py flags, e.g. --cleanmetta-args --torch-threads 2")
+    args = parser.parse_args()
+    script = utils = None
+    if "cleanrl" in args.libraries:
+        if args.cleanrl is None:
+            raise SystemExit("--cleanrl PATH is needed for the CleanRL runs (a CleanRL checkout, or its "
+                             "cleanrl/ppo_atari.py); or pass --libraries cleanmetta")
+        check_cleanrl_needs()
+        script, utils = find_cleanrl(args.cleanrl)
+        with tempfile.TemporaryDirectory() as scratch:  # every substitution matches: now, not after an hour
+            adapt_cleanrl(script, utils, scratch)
+
+    settings = {"env": "Breakout (cleanmetta: ALE/Breakout-v5, CleanRL: BreakoutNoFrameskip-v4)",
+                "total_timesteps": args.total_timesteps, "device": args.device}
+    results = load(args.out, args.fresh, settings)
+    runs = results["runs"]
+    if script is not None:
+        with open(script, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+        if runs.get("cleanrl") and results.get("cleanrl_script_sha256", sha) != sha:
+            raise SystemExit(f"{args.out} holds CleanRL runs of another ppo_atari.py (sha256 "
+                             f"{results['cleanrl_script_sha256']}): pass --fresh to start over, or another --out")
+        results["cleanrl_script_sha256"] = sha
+    runners = {
+        "cleanmetta": lambda seed, d: run_cleanmetta(seed, args.total_timesteps, d, args.device, args.cleanmetta_args),
+        "cleanrl": lambda seed, d: run_cleanrl(seed, args.total_timesteps, d, args.device, script, utils),
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        for i, seed in enumerate(args.seeds):
+            for lib in compare.rotated(args.libraries, i):
+                if str(seed) in runs.get(lib, {}):
+                    print(f"{lib:10s} seed {seed}: done in an earlier invocation, kept", flush=True)
+                    continue
+                row = measure(*runners[lib](seed, workdir), seed)
+                runs.setdefault(lib, {})[str(seed)] = row
+                save(results, args.out)
+                print(f"{lib:10s} seed {seed}: {row['wall_s']:7.1f} s wall, {row['sps']:6,.0f} steps/s, final score "
+                      f"{score(row['final_score'])} ({row['games']} games), peak "
+                      f"{row['peak_rss_mb']:.0f} MB", flush=True)
+
+    report = table(results, LIBRARIES)
+    print("\n" + report)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(report + "\n")
+    curves = {lib: [r["episodes"] for r in runs[lib].values() if r["episodes"]] for lib in LIBRARIES if lib in runs}
+    curves = {lib: episodes for lib, episodes in curves.items() if episodes}
+    if curves:
+        compare.save_curves(curves, args.out, f"Breakout, {args.total_timesteps:,} agent steps (raw game score)")
+    else:
+        print("no finished game yet: no learning curves")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Observation encoders: the first layers of a network, from what the buffer stores to a feature vector.
+
+- `ImageEncoder`: images `[C, H, W]` or `[H, W, C]` (uint8 scaled to [0, 1]) through a convolutional
+  trunk and a dense layer with ReLU: the Nature-DQN trunk (8x8/4, 4x4/2, 3x3/1) for frames of 36
+  pixels or more, two padded 3x3 convolutions for small grids.
+- `MultiInputEncoder`: the flat rows of a structured observation (a Dict, a Tuple, a Discrete, ...;
+  spaces.ObservationLayout), one encoder per entry, their outputs concatenated, as SB3's
+  MultiInputPolicy does: image entries (3-dimensional Boxes) through an ImageEncoder, Discrete and
+  MultiDiscrete entries one-hot, other Boxes and MultiBinary entries as floats.
+
+policy.py builds its actor-critics on these; this module knows nothing of actions or values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from cleanmetta.spaces import ObservationLayout
+
+
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights with gain `std` and constant bias, the PPO reference initialisation."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def is_image(space: spaces.Space) -> bool:
+    """A Box with three axes: an image or a grid of feature planes."""
+    return isinstance(space, spaces.Box) and len(space.shape) == 3
+
+
+class ImageEncoder(nn.Module):
+    """Images -> conv trunk -> dense layer of `hidden_size` -> ReLU: features [B, hidden_size].
+
+    Images are [C, H, W], or [H, W, C] when the last axis is the shortest and at most 4 long (RGB
+    frames, MiniGrid's grids).
+    """
+
+    def __init__(self, space: spaces.Box, hidden_size: int):
+        super().__init__()
+        shape = space.shape
+        if len(shape) != 3:
+            raise ValueError(f"an image encoder needs [C, H, W] or [H, W, C] observations, got shape {shape}")
+        self.channels_last = shape[-1] <= 4 and shape[-1] < min(shape[0], shape[1])
+        channels, height, width = (shape[2], shape[0], shape[1]) if self.channels_last else shape
+        self.scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+        if min(height, width) >= 36:
+            convs = [nn.Conv2d(channels, 32, 8, stride=4), nn.Conv2d(32, 64, 4, stride=2), nn.Conv2d(64, 64, 3)]
+        else:
+            convs = [nn.Conv2d(channels, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1)]
+        layers: list[nn.Module] = []
+        for conv in convs:
+            layers += [layer_init(conv), nn.ReLU()]
+        self.trunk = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.trunk(torch.zeros(1, channels, height, width)).shape[1]
+        self.dense = layer_init(nn.Linear(flat, hidden_size))
+        self.size = hidden_size
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() * self.scale
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        return F.relu(self.dense(self.trunk(x)))
+
+
+class MultiInputEncoder(nn.Module):
+    """Flat observation rows [B, layout.size] -> features [B, size], one encoder per entry of the layout.
+
+    An image entry becomes `hidden_size` features (ImageEncoder), a Discrete(n) n one-hot columns, a
+    MultiDiscrete one one-hot block per index (sum of nvec columns), a Box or MultiBinary its values.
+    """
+
+    def __init__(self, layout: ObservationLayout, hidden_size: int):
+        super().__init__()
+        self.parts: list[tuple[str, int, int, tuple]] = []  # (kind, start, stop, image shape or one-hot width)
+        self.images = nn.ModuleDict()
+        self.size = 0
+        for i, (_, space, start, stop) in enumerate(layout.entries):
+            if is_image(space):
+                self.images[str(i)] = ImageEncoder(space, hidden_size)
+                self.parts.append(("image", start, stop, space.shape))
+                self.size += hidden_size
+            elif isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+                nvec = np.atleast_1d(space.nvec if isinstance(space, spaces.MultiDiscrete) else space.n).flatten()
+                # column j of the entry is one-hot in block j: its index plus the widths of the blocks before it
+                self.register_buffer(f"offsets{i}", torch.as_tensor(np.cumsum(nvec) - nvec), persistent=False)
+                self.parts.append(("one_hot", start, stop, (int(nvec.sum()),)))
+                self.size += int(nvec.sum())
+            else:
+                self.parts.append(("float", start, stop, ()))
+                self.size += stop - start
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        features = []
+        for i, (kind, start, stop, shape) in enumerate(self.parts):
+            x = obs[:, start:stop]
+            if kind == "image":
+                features.append(self.images[str(i)](x.reshape(len(x), *shape)))
+            elif kind == "one_hot":
+                index = x.long() + getattr(self, f"offsets{i}")
+                features.append(torch.zeros(len(x), shape[0], device=x.device).scatter_(1, index, 1.0))
+            else:
+                features.append(x.float())
+        return torch.cat(features, dim=1) if len(features) > 1 else features[0]
