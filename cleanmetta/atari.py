@@ -34,6 +34,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from cleanmetta.config import ConfigError, import_extra
+from cleanmetta.video import write_mp4
 
 PREFIX = "ALE/"
 INSTALL = 'pip install -e ".[atari]"'
@@ -104,15 +105,6 @@ class AtariGames(gym.vector.VectorWrapper):
             write_mp4(self.frames, os.path.join(self.record_dir, "game-0.mp4"), self.env.metadata.get("render_fps", 15))
             self.frames = None
         return super().close(**kwargs)
-
-
-def write_mp4(frames: list[np.ndarray], path: str, fps: float) -> None:
-    """Grayscale frames [H, W] as an mp4 (the video extra's moviepy)."""
-    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip  # the video extra (envs.check_recordable)
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    clip = ImageSequenceClip([np.repeat(frame[..., None], 3, axis=-1) for frame in frames], fps=fps)
-    clip.write_videofile(path, logger=None)
 
 
 def make_atari_vecenv(env_id: str, num_envs: int, kwargs: dict[str, Any], record_dir: str | None = None) -> AtariGames:

@@ -647,9 +647,11 @@ def atari_config() -> TrainingConfig:
     reset), no sticky actions, a lost life ends the training episode, rewards clipped to their sign;
     the Nature CNN (simple_cnn, 512 units); 8 envs x 128 steps, 4 minibatches x 4 epochs, lr 2.5e-4
     annealed, clip 0.1, entropy 0.01, 10M agent steps. Episode returns are game scores (all lives,
-    unclipped). Another game: --env.id ALE/Pong-v5 (env.kwargs keep these settings).
+    unclipped). Another game: --env.id ALE/Pong-v5 (env.kwargs keep these settings). Two torch
+    threads (CleanRL's default on 2 cores): the CNN's update, not the env, takes most of the time.
     """
     return TrainingConfig(
+        torch_threads=2,
         env=EnvConfig(id="ALE/Breakout-v5", num_envs=8,
                       kwargs="repeat_action_probability=0.0,episodic_life=true,reward_clipping=true"),
         agent=AgentConfig(name="simple_cnn", hidden_size=512),

@@ -41,6 +41,7 @@ from cleanmetta import atari, mettagrid_env
 from cleanmetta.config import ConfigError, EnvConfig, import_extra, parse_import
 from cleanmetta.curriculum import Curriculum, SingleTaskCurriculum, Task, make_curriculum
 from cleanmetta.spaces import UnsupportedEnvError, check_spaces
+from cleanmetta.video import write_mp4
 from cleanmetta.workers import WorkerVecEnv
 
 
@@ -179,18 +180,13 @@ def make_task_env(task: Task, render_mode: str | None = None, wrappers: Sequence
 
 
 class RecordVideo(gym.wrappers.RecordVideo):
-    """gymnasium's RecordVideo, writing every frame it recorded. moviepy (2.2) sums 1/fps once per
-    frame for the clip's length and truncates length x fps to a frame count, so float rounding drops
-    the last frame of more than half of all episode lengths at 50 fps (Zulko/moviepy#2507); here the
-    clip lasts half a frame longer, which gives exactly the recorded count."""
+    """gymnasium's RecordVideo, writing every frame it recorded (video.write_mp4: moviepy alone drops
+    the last frame of many episode lengths)."""
 
     def stop_recording(self):
         if self.recorded_frames:
-            from moviepy.video.io.ImageSequenceClip import ImageSequenceClip  # the video extra, checked when wrapped
-
-            clip = ImageSequenceClip(self.recorded_frames, fps=self.frames_per_sec)
-            clip.duration = clip.end = (len(self.recorded_frames) + 0.5) / self.frames_per_sec
-            clip.write_videofile(os.path.join(self.video_folder, f"{self._video_name}.mp4"), logger=None)
+            write_mp4(self.recorded_frames, os.path.join(self.video_folder, f"{self._video_name}.mp4"),
+                      self.frames_per_sec)
         self.recorded_frames, self.recording, self._video_name = [], False, None
 
 

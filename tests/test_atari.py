@@ -1,5 +1,6 @@
 """Atari through ale-py's native vector env: the game score, lost lives, the preset (needs the atari extra)."""
 
+import importlib.util
 import os
 
 import numpy as np
@@ -119,3 +120,20 @@ def test_a_short_atari_run_trains_and_evaluates(tmp_path):
     result = train.main(config)
     record = PolicyStore(os.path.join(str(tmp_path), "atari")).latest()
     assert result["epoch"] == 2 and record.scores[f"{config.env.id}/episodes"] == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("moviepy") is None, reason='recording needs the video extra: '
+                    'pip install -e ".[video]"')
+def test_an_atari_evaluation_records_its_whole_game_without_changing_it(tmp_path):
+    from test_video import frame_count
+
+    torch.manual_seed(0)
+    vecenv = make_vecenv(EnvConfig(id=GAME), seed=0)
+    policy = make_policy(PRESETS["atari"]().agent, vecenv.single_observation_space, vecenv.single_action_space)
+    vecenv.close()
+    sim = Simulation("space_invaders", f"{GAME}:repeat_action_probability=0.0,episodic_life=true", episodes=1, seed=3)
+    plain = PolicyEvaluator([sim]).evaluate(policy)["space_invaders"]
+    recorded = PolicyEvaluator([sim], video_dir=str(tmp_path)).evaluate(policy, step=0)["space_invaders"]
+    assert plain.scores("x") == recorded.scores("x")
+    (path,) = recorded.recordings
+    assert path.endswith("game-0.mp4") and frame_count(path) == recorded.mean_length + 1  # the reset frame, then a frame a step

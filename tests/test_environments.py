@@ -1,6 +1,7 @@
 """Environments people bring: `module:EnvId`, wrappers by import path, and every common observation space."""
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -74,6 +75,10 @@ def test_task_strings_name_a_module_an_id_and_kwargs():
     assert Task.parse("CartPole-v1:max_episode_steps=200") == Task("CartPole-v1", {"max_episode_steps": 200})
     assert Task.parse("mettagrid/hearts:altars=3") == Task("mettagrid/hearts", {"altars": 3})
     assert Task.parse("Foo:bar=1") == Task("Foo", {"bar": 1})  # '=' after the colon: kwargs, not an id
+    # config files and dicts take the same strings
+    data = {"env": {"id": "ale_py:ALE/Pong-v5:frameskip=2", "kwargs": "repeat_action_probability=0.0",
+                    "wrappers": ["gymnasium.wrappers:ClipReward:min_reward=-1,max_reward=1"]}}
+    assert TrainingConfig.from_dict(data).validate().env.wrappers == data["env"]["wrappers"]
     # env.kwargs come under every task's own
     tasks = make_curriculum(EnvConfig(id="CartPole-v1:a=1", kwargs="a=0,b=2"), CurriculumConfig()).tasks
     assert tasks[0].kwargs == {"a": 1, "b": 2}
@@ -81,8 +86,10 @@ def test_task_strings_name_a_module_an_id_and_kwargs():
 
 def test_module_colon_id_imports_the_module_that_registers_the_id(corridor_module):
     assert corridor_module not in sys.modules
+    vecenv = make_vecenv(EnvConfig(id=f"{corridor_module}:corridor/{corridor_module}-v0", num_envs=2), seed=0)
+    assert corridor_module in sys.modules and vecenv.envs[0].unwrapped.length == 5
+    vecenv.close()
     vecenv = make_vecenv(EnvConfig(id=f"{corridor_module}:corridor/{corridor_module}-v0:length=2", num_envs=2), seed=0)
-    assert corridor_module in sys.modules
     vecenv.step(np.ones(2, np.int64))
     _, reward, terminated, _, _ = vecenv.step(np.ones(2, np.int64))  # length=2 reached the end
     assert terminated.all() and (reward == 1).all()
@@ -228,3 +235,16 @@ def test_a_network_that_does_not_fit_the_space_is_refused():
         make_policy(AgentConfig(name="mlp"), toy_envs.SPACES["Dict"], spaces.Discrete(2))
     with pytest.raises(ConfigError, match="agent.name='multi_input' does not fit"):
         make_policy(AgentConfig(name="multi_input"), spaces.Box(-1, 1, (3,)), spaces.Discrete(2))
+
+
+def test_torchrun_trains_a_dict_observation_policy_on_two_processes(tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+               "--env.id", "toy_envs:toy/Dict-v0", "--env.num-envs", "2", "--trainer.num-steps", "32",
+               "--trainer.total-timesteps", "512", "--log.run-root", str(tmp_path), "--experiment-name", "run",
+               "--log.no-tensorboard", "--distributed-timeout", "60"]
+    done = subprocess.run(command, cwd=os.path.dirname(here), capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": here})
+    assert done.returncode == 0, done.stderr
+    policy = PolicyStore(os.path.join(str(tmp_path), "run")).latest().policy
+    assert isinstance(policy, MultiInputPolicy) and policy.inputs.images

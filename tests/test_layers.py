@@ -16,8 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOORS = [  # bottom first
     ["config", "distributed", "spaces"],                   # 1 plain dataclasses, presets; the process group;
                                                            #   spaces and how observations are stored
-    ["curriculum", "normalize", "experience", "workers"],  # 2 tasks, running statistics, buffers,
-                                                           #   env worker processes
+    ["curriculum", "normalize", "experience", "workers", "video"],  # 2 tasks, running statistics, buffers,
+                                                           #   env worker processes, mp4 files
     ["mettagrid_env", "atari"],                            # 3 the optional MettaGrid and Atari vector envs
     ["envs", "encoders"],                                  # 4 make_vecenv; observation encoders
     ["policy"],                                            # 5 networks
