@@ -1,28 +1,31 @@
-"""cleanmetta's `atari` preset against CleanRL's ppo_atari.py on Breakout, side by side.
+"""cleanmetta's `atari` preset against CleanRL's ppo_atari.py (and ppo_atari_envpool.py) on Breakout.
 
-Both train PPO with CleanRL's Atari settings (8 envs x 128 steps, 4 minibatches x 4 epochs, lr
+All train PPO with CleanRL's Atari settings (8 envs x 128 steps, 4 minibatches x 4 epochs, lr
 2.5e-4 annealed, clip 0.1, entropy 0.01, the Nature CNN) for the same agent steps and seeds:
-  cleanmetta  `python train.py --preset atari`: ALE/Breakout-v5 through ale-py's native vector env
-              (C++ threads, no sticky actions).
-  cleanrl     CleanRL's own ppo_atari.py on BreakoutNoFrameskip-v4 (gymnasium's SyncVectorEnv and
-              Python wrappers: NoopReset 30, MaxAndSkip 4, EpisodicLife, FireReset, ClipReward,
-              84x84 grayscale, FrameStack 4). This file holds none of CleanRL's code: `--cleanrl`
-              names a CleanRL checkout (or its cleanrl/ppo_atari.py); each run copies the script into
-              a scratch directory and adapts the copy to gymnasium 1.x and ale-py 0.12 with the text
-              substitutions in SUBSTITUTIONS (each must match, or the run stops and says which did
-              not): ale-py's ids registered, FrameStack and GrayScaleObservation under their
-              gymnasium 1.x names, same-step autoreset as gymnasium 0.29 had (and as CleanRL's own
-              gymnasium-1.x branch does), the episode statistics read from gymnasium 1.x's
-              `final_info` dict, and two files written as cleanmetta's run directory has them:
-              episodes.csv (agent_steps, seconds, return, length of every finished game) and
-              summary.json (agent_steps, seconds, steps_per_second of the training loop). It runs
-              with `--no-track --no-capture-video`, on the CPU unless `--device cuda`. Its episode
-              length counts emulator frames (its RecordEpisodeStatistics sits under the frame skip);
-              cleanmetta's, agent steps.
-Threads: CleanRL keeps torch's default thread count (2 on a 2-core machine), cleanmetta its
-`torch_threads` (1 unless `--cleanmetta-args --torch-threads 2`).
+  cleanmetta       `python train.py --preset atari`: ALE/Breakout-v5 in ale-py's native vector env
+                   (C++ threads, no sticky actions), float32.
+  cleanmetta_bf16  the same with `--ppo.bf16` (the update's forward pass in bfloat16).
+  cleanrl          CleanRL's ppo_atari.py on BreakoutNoFrameskip-v4 (gymnasium's SyncVectorEnv and
+                   Python wrappers: NoopReset 30, MaxAndSkip 4, EpisodicLife, FireReset, ClipReward,
+                   84x84 grayscale, FrameStack 4).
+  cleanrl_envpool  CleanRL's ppo_atari_envpool.py on envpool's Breakout-v5 (C++ threads), run by
+                   `--envpool-python` (a Python with envpool installed).
+This file holds none of CleanRL's code: `--cleanrl` names a CleanRL checkout (or its
+cleanrl/ppo_atari.py, with ppo_atari_envpool.py beside it); each run copies the script into a
+scratch directory and adapts the copy to gymnasium 1.x and ale-py 0.12 with the text substitutions
+in SUBSTITUTIONS (each must match, or the run stops and says which did not): ale-py's ids
+registered, FrameStack and GrayScaleObservation under their gymnasium 1.x names, same-step
+autoreset as gymnasium 0.29 had (as CleanRL's own gymnasium-1.x branch does), the episode
+statistics read from gymnasium 1.x's `final_info` dict; for the envpool script, envpool's gymnasium
+API instead of the old gym package's; for both, two files written as cleanmetta's run directory has
+them: episodes.csv (agent_steps, seconds, return, length of every finished game) and summary.json
+(agent_steps, seconds, steps_per_second of the training loop). They run with `--no-track
+--no-capture-video`, on the CPU unless `--device cuda`. ppo_atari.py's episode length counts
+emulator frames (its RecordEpisodeStatistics sits under the frame skip); the others', agent steps.
+Threads: CleanRL keeps torch's default thread count (2 on a 2-core machine); the atari preset
+sets 2.
 
-Runs alternate between the libraries (the order flips every seed); each is a fresh process, whose
+Runs alternate between the libraries (the order rotates every seed); each is a fresh process, whose
 wall time includes interpreter start and imports. Per run: wall seconds, steps per second of the
 training loop, the final game score (mean raw score of the last 20 finished games: all lives, not
 clipped), the number of finished games and the process's peak resident memory. Each finished run
@@ -35,8 +38,12 @@ against agent steps and wall time, mean and range over seeds) to results/atari.p
     pip install opencv-python-headless   # gymnasium's ResizeObservation, in CleanRL's wrappers
     pip install stable-baselines3        # only for a ppo_atari.py without its checkout's cleanrl_utils
     git clone https://github.com/vwxyzjn/cleanrl /tmp/cleanrl
-    python benchmarks/atari.py --cleanrl /tmp/cleanrl       # 3 seeds x 300k steps: ~25-40 minutes a run on
-                                                             # 2 cores, 3-4 hours (an interrupted one goes on)
+    python benchmarks/atari.py --cleanrl /tmp/cleanrl       # 3 seeds x 300k steps: ~20-25 minutes a run on
+                                                             # 2 cores (an interrupted one goes on)
+    python benchmarks/atari.py --cleanrl /tmp/cleanrl --libraries cleanmetta cleanmetta_bf16 cleanrl --seeds 1 2
+    python -m venv --system-site-packages /tmp/envpool && /tmp/envpool/bin/pip install envpool
+    python benchmarks/atari.py --cleanrl /tmp/cleanrl --libraries cleanmetta_bf16 cleanrl_envpool \\
+        --envpool-python /tmp/envpool/bin/python --total-timesteps 30000 --out /tmp/envpool.json
     python benchmarks/atari.py --cleanrl /tmp/cleanrl --seeds 1 --total-timesteps 4096 \\
         --libraries cleanrl --out /tmp/atari.json           # a smoke test of the CleanRL side (~30 s)
 """
@@ -51,6 +58,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -62,57 +70,26 @@ import compare  # noqa: E402  (this folder is first on sys.path)
 # benchmarks/ off the path once compare is in: its mettagrid.py would shadow the mettagrid package
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]
 
-LIBRARIES = ["cleanmetta", "cleanrl"]
+LIBRARIES = ["cleanmetta", "cleanmetta_bf16", "cleanrl", "cleanrl_envpool"]
+CLEANMETTA = {"cleanmetta": [], "cleanmetta_bf16": ["--ppo.bf16"]}  # cleanmetta's variants: train.py flags
+SCRIPTS = {"cleanrl": "ppo_atari.py", "cleanrl_envpool": "ppo_atari_envpool.py"}  # CleanRL's, by library
 FINAL_WINDOW = 20  # the final score: mean of the last 20 finished games
 
 WRAPPERS_CLEANRL = "from cleanrl_utils.atari_wrappers import ("
 WRAPPERS_SB3 = "from stable_baselines3.common.atari_wrappers import ("
 
 # (what it is for, CleanRL's text, its replacement). Lines added are marked `# benchmarks/atari.py`.
-SUBSTITUTIONS = [
-    ("register ale-py's ids (gymnasium 1.x registers them only when ale_py is imported); json for summary.json",
-     "import gymnasium as gym\n",
-     "import gymnasium as gym\n"
-     "import ale_py  # benchmarks/atari.py\n"
-     "import json  # benchmarks/atari.py\n"
-     "gym.register_envs(ale_py)  # benchmarks/atari.py\n"),
-    ("GrayScaleObservation is GrayscaleObservation in gymnasium 1.x",
-     "gym.wrappers.GrayScaleObservation(env)",
-     "gym.wrappers.GrayscaleObservation(env)"),
-    ("FrameStack is FrameStackObservation in gymnasium 1.x (same padding: the reset frame)",
-     "gym.wrappers.FrameStack(env, 4)",
-     "gym.wrappers.FrameStackObservation(env, 4)"),
+# Both scripts: where the run's files go, and the two files cleanmetta's run directory has.
+COMMON = [
     ("the run's files (runs/, episodes.csv, summary.json) go to the script's scratch directory",
      "    args = tyro.cli(Args)\n",
      "    os.chdir(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/atari.py\n"
      "    args = tyro.cli(Args)\n"),
-    ("same-step autoreset, as gymnasium 0.29 did (gymnasium 1.x's default is next-step)",
-     "for i in range(args.num_envs)],\n    )",
-     "for i in range(args.num_envs)],\n"
-     "        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # benchmarks/atari.py\n    )"),
     ("episodes.csv, opened when the clock starts",
      "    start_time = time.time()\n",
      "    start_time = time.time()\n"
      "    episodes_csv = open(\"episodes.csv\", \"w\", buffering=1)  # benchmarks/atari.py\n"
      "    episodes_csv.write(\"agent_steps,seconds,return,length\\n\")  # benchmarks/atari.py\n"),
-    ("gymnasium 1.x's final_info is one dict of arrays (with an _episode mask), not a list of dicts; "
-     "each finished game also goes to episodes.csv",
-     """            if "final_info" in infos:
-                for info in infos["final_info"]:
-                    if info and "episode" in info:
-                        print(f"global_step={global_step}, episodic_return={info['episode']['r']}")
-                        writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
-                        writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
-""",
-     """            if "final_info" in infos and "episode" in infos["final_info"]:  # benchmarks/atari.py: from here
-                final = infos["final_info"]
-                for i in np.flatnonzero(final["_episode"]):
-                    r, l = float(final["episode"]["r"][i]), int(final["episode"]["l"][i])
-                    print(f"global_step={global_step}, episodic_return={r}")
-                    writer.add_scalar("charts/episodic_return", r, global_step)
-                    writer.add_scalar("charts/episodic_length", l, global_step)
-                    episodes_csv.write(f"{global_step},{time.time() - start_time:.3f},{r:.6g},{l}\\n")  # to here
-"""),
     ("summary.json: agent steps and seconds of the training loop",
      "    envs.close()\n    writer.close()\n",
      "    envs.close()\n    writer.close()\n"
@@ -121,20 +98,96 @@ SUBSTITUTIONS = [
      "        json.dump({\"agent_steps\": global_step, \"seconds\": seconds,  # benchmarks/atari.py\n"
      "                   \"steps_per_second\": global_step / seconds}, f)  # benchmarks/atari.py\n"),
 ]
+SUBSTITUTIONS = {  # per script
+    "ppo_atari.py": COMMON + [
+        ("register ale-py's ids (gymnasium 1.x registers them only when ale_py is imported); json for summary.json",
+         "import gymnasium as gym\n",
+         "import gymnasium as gym\n"
+         "import ale_py  # benchmarks/atari.py\n"
+         "import json  # benchmarks/atari.py\n"
+         "gym.register_envs(ale_py)  # benchmarks/atari.py\n"),
+        ("GrayScaleObservation is GrayscaleObservation in gymnasium 1.x",
+         "gym.wrappers.GrayScaleObservation(env)",
+         "gym.wrappers.GrayscaleObservation(env)"),
+        ("FrameStack is FrameStackObservation in gymnasium 1.x (same padding: the reset frame)",
+         "gym.wrappers.FrameStack(env, 4)",
+         "gym.wrappers.FrameStackObservation(env, 4)"),
+        ("same-step autoreset, as gymnasium 0.29 did (gymnasium 1.x's default is next-step)",
+         "for i in range(args.num_envs)],\n    )",
+         "for i in range(args.num_envs)],\n"
+         "        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # benchmarks/atari.py\n    )"),
+        ("gymnasium 1.x's final_info is one dict of arrays (with an _episode mask), not a list of dicts; "
+         "each finished game also goes to episodes.csv",
+         """            if "final_info" in infos:
+                for info in infos["final_info"]:
+                    if info and "episode" in info:
+                        print(f"global_step={global_step}, episodic_return={info['episode']['r']}")
+                        writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
+                        writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+""",
+         """            if "final_info" in infos and "episode" in infos["final_info"]:  # benchmarks/atari.py: from here
+                final = infos["final_info"]
+                for i in np.flatnonzero(final["_episode"]):
+                    r, l = float(final["episode"]["r"][i]), int(final["episode"]["l"][i])
+                    print(f"global_step={global_step}, episodic_return={r}")
+                    writer.add_scalar("charts/episodic_return", r, global_step)
+                    writer.add_scalar("charts/episodic_length", l, global_step)
+                    episodes_csv.write(f"{global_step},{time.time() - start_time:.3f},{r:.6g},{l}\\n")  # to here
+"""),
+    ],
+    "ppo_atari_envpool.py": COMMON + [
+        ("envpool's gymnasium API instead of the old gym package's; json for summary.json",
+         "import gym\n",
+         "import gymnasium as gym  # benchmarks/atari.py\n"
+         "import json  # benchmarks/atari.py\n"),
+        ("envpool's gymnasium API", 'env_type="gym",', 'env_type="gymnasium",'),
+        ("the old gym's Wrapper, which passed attributes through (gymnasium 1.x's does not)",
+         "class RecordEpisodeStatistics(gym.Wrapper):\n",
+         "class _Wrapper:  # benchmarks/atari.py: from here\n"
+         "    def __init__(self, env):\n"
+         "        self.env = env\n\n"
+         "    def __getattr__(self, name):\n"
+         "        return getattr(self.env, name)\n\n"
+         "    def reset(self, **kwargs):\n"
+         "        return self.env.reset(**kwargs)\n\n"
+         "    def step(self, action):\n"
+         "        return self.env.step(action)  # to here\n\n\n"
+         "class RecordEpisodeStatistics(_Wrapper):\n"),
+        ("the wrapper first: envpool's gymnasium envs have read-only num_envs and spaces",
+         "    envs.num_envs = args.num_envs\n    envs.single_action_space = envs.action_space\n"
+         "    envs.single_observation_space = envs.observation_space\n    envs = RecordEpisodeStatistics(envs)\n",
+         "    envs = RecordEpisodeStatistics(envs)  # benchmarks/atari.py\n    envs.num_envs = args.num_envs\n"
+         "    envs.single_action_space = envs.action_space\n    envs.single_observation_space = envs.observation_space\n"),
+        ("gymnasium's reset returns (observations, infos)",
+         "        observations = super().reset(**kwargs)\n",
+         "        observations, _ = super().reset(**kwargs)  # benchmarks/atari.py\n"),
+        ("gymnasium's step returns terminations and truncations",
+         "        observations, rewards, dones, infos = super().step(action)\n",
+         "        observations, rewards, terminations, truncations, infos = super().step(action)  # benchmarks/atari.py\n"
+         "        dones = terminations | truncations  # benchmarks/atari.py\n"),
+        ("each finished game also goes to episodes.csv",
+         "                    print(f\"global_step={global_step}, episodic_return={info['r'][idx]}\")\n",
+         "                    print(f\"global_step={global_step}, episodic_return={info['r'][idx]}\")\n"
+         "                    episodes_csv.write(f\"{global_step},{time.time() - start_time:.3f},\"  # benchmarks/atari.py\n"
+         "                                       f\"{info['r'][idx]:.6g},{info['l'][idx]}\\n\")  # benchmarks/atari.py\n"),
+    ],
+}
 
 
-def find_cleanrl(path: str) -> tuple[str, str | None]:
-    """(ppo_atari.py, the checkout's cleanrl_utils folder or None) for a checkout or the script itself."""
+def find_cleanrl(path: str, library: str) -> tuple[str, str | None]:
+    """(the library's script, the checkout's cleanrl_utils folder or None) for a checkout or ppo_atari.py's path
+    (the envpool script lies beside it)."""
     script = os.path.join(path, "cleanrl", "ppo_atari.py") if os.path.isdir(path) else path
+    script = os.path.join(os.path.dirname(script), SCRIPTS[library])
     if not os.path.isfile(script):
-        raise SystemExit(f"--cleanrl {path}: no CleanRL script there (expected a CleanRL checkout, with "
+        raise SystemExit(f"--cleanrl {path}: no {SCRIPTS[library]} there (expected a CleanRL checkout, with "
                          "cleanrl/ppo_atari.py in it, or the path of ppo_atari.py)")
     utils = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(script))), "cleanrl_utils")
     return script, utils if os.path.isfile(os.path.join(utils, "atari_wrappers.py")) else None
 
 
 def adapt_cleanrl(script: str, utils: str | None, dest: str) -> str:
-    """Copy CleanRL's script (and the checkout's cleanrl_utils) into `dest`, apply SUBSTITUTIONS to
+    """Copy CleanRL's script (and the checkout's cleanrl_utils) into `dest`, apply its SUBSTITUTIONS to
     the copy; return the copy's path. Stops with a message naming the substitution that no longer matches."""
     with open(script) as f:
         text = f.read()
@@ -144,7 +197,7 @@ def adapt_cleanrl(script: str, utils: str | None, dest: str) -> str:
     if WRAPPERS_SB3 in text and importlib.util.find_spec("stable_baselines3") is None:
         raise SystemExit(f"{script} imports stable_baselines3's Atari wrappers (or the checkout's cleanrl_utils "
                          "is missing): pip install stable-baselines3")
-    for what, old, new in SUBSTITUTIONS:
+    for what, old, new in SUBSTITUTIONS[os.path.basename(script)]:
         if text.count(old) != 1:
             raise SystemExit(f"{script}: cannot adapt it to gymnasium 1.x ({what}): expected this text once, found "
                              f"it {text.count(old)} times:\n{old}\nThe script has changed; update SUBSTITUTIONS in "
@@ -160,14 +213,19 @@ def adapt_cleanrl(script: str, utils: str | None, dest: str) -> str:
     return copy
 
 
-def check_cleanrl_needs() -> None:
-    """Stop before the first run when the CleanRL side cannot run here."""
-    missing = {"cv2": "opencv-python-headless (gymnasium's ResizeObservation)", "tyro": "tyro",
-               "tensorboard": "tensorboard (CleanRL's SummaryWriter)", "ale_py": "ale-py"}
-    absent = [package for module, package in missing.items() if importlib.util.find_spec(module) is None]
+def check_cleanrl_needs(library: str, python: str) -> None:
+    """Stop before the first run when the CleanRL script cannot run with `python` here."""
+    missing = {"tyro": "tyro", "tensorboard": "tensorboard (CleanRL's SummaryWriter)"}
+    if library == "cleanrl":
+        missing.update(cv2="opencv-python-headless (gymnasium's ResizeObservation)", ale_py="ale-py")
+    else:
+        missing.update(envpool="envpool")
+    probe = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+    absent = subprocess.run([python, "-c", probe, *missing], capture_output=True, text=True, check=True).stdout.split()
     if absent:
-        raise SystemExit("CleanRL's ppo_atari.py needs: pip install " + " ".join(p.split()[0] for p in absent)
-                         + "  (" + "; ".join(absent) + ")")
+        raise SystemExit(f"CleanRL's {SCRIPTS[library]} needs, for {python}: pip install "
+                         + " ".join(missing[m].split()[0] for m in absent) + "  ("
+                         + "; ".join(missing[m] for m in absent) + ")")
 
 
 def read_run(run_dir: str) -> tuple[dict, list[tuple[int, float, float, int]]]:
@@ -181,8 +239,10 @@ def read_run(run_dir: str) -> tuple[dict, list[tuple[int, float, float, int]]]:
     return summary, episodes
 
 
-def run_cleanmetta(seed: int, steps: int, workdir: str, device: str, extra: list[str]) -> tuple[float, float, str]:
-    name = f"cleanmetta_seed{seed}"
+def run_cleanmetta(library: str, seed: int, steps: int, workdir: str, device: str, extra: list[str]
+                   ) -> tuple[float, float, str]:
+    name = f"{library}_seed{seed}"
+    extra = CLEANMETTA[library] + extra
     wall, rss = compare.run_process([sys.executable, "train.py", "--preset", "atari", "--seed", str(seed),
                                      "--trainer.total-timesteps", str(steps), "--device", device,
                                      "--log.run-root", workdir, "--experiment-name", name,
@@ -190,11 +250,11 @@ def run_cleanmetta(seed: int, steps: int, workdir: str, device: str, extra: list
     return wall, rss, os.path.join(workdir, name)
 
 
-def run_cleanrl(seed: int, steps: int, workdir: str, device: str, script: str, utils: str | None
-                ) -> tuple[float, float, str]:
-    run_dir = os.path.join(workdir, f"cleanrl_seed{seed}")
+def run_cleanrl(library: str, seed: int, steps: int, workdir: str, device: str, script: str, utils: str | None,
+                python: str) -> tuple[float, float, str]:
+    run_dir = os.path.join(workdir, f"{library}_seed{seed}")
     copy = adapt_cleanrl(script, utils, run_dir)
-    wall, rss = compare.run_process([sys.executable, copy, "--seed", str(seed), "--total-timesteps", str(steps),
+    wall, rss = compare.run_process([python, copy, "--seed", str(seed), "--total-timesteps", str(steps),
                                      "--no-track", "--no-capture-video",
                                      "--cuda" if device == "cuda" else "--no-cuda"])
     return wall, rss, run_dir
@@ -246,12 +306,15 @@ def table(results: dict, libraries: list[str]) -> str:
                                                                          "peak_rss_mb")}
         lines.append(f"| {lib} | {len(rows)} | {col['wall_s']:.1f} | {col['sps']:,.0f} | "
                      f"{score(col['final_score'])} | {col['games']:.0f} | {col['peak_rss_mb']:.0f} |")
-    both = sorted(set(runs.get("cleanmetta", {})) & set(runs.get("cleanrl", {})), key=int)
-    if both:
-        ratios = [runs["cleanmetta"][s]["sps"] / runs["cleanrl"][s]["sps"] for s in both]
-        walls = [runs["cleanrl"][s]["wall_s"] / runs["cleanmetta"][s]["wall_s"] for s in both]
-        lines += ["", f"cleanmetta / CleanRL steps per second, median of per-seed ratios (seeds {', '.join(both)}): "
-                      f"{statistics.median(ratios):.2f}x; wall time {statistics.median(walls):.2f}x shorter"]
+    for ours in CLEANMETTA:
+        for lib in SCRIPTS:
+            both = sorted(set(runs.get(ours, {})) & set(runs.get(lib, {})), key=int)
+            if both:
+                ratios = [runs[ours][s]["sps"] / runs[lib][s]["sps"] for s in both]
+                walls = [runs[lib][s]["wall_s"] / runs[ours][s]["wall_s"] for s in both]
+                lines += ["", f"{ours} / {lib} ({SCRIPTS[lib]}) steps per second, median of per-seed ratios (seeds "
+                              f"{', '.join(both)}): {statistics.median(ratios):.2f}x; wall time "
+                              f"{statistics.median(walls):.2f}x shorter"]
     return "\n".join(lines)
 
 
@@ -260,48 +323,57 @@ def main() -> None:
     parser.add_argument("--cleanrl", default=None, help="a CleanRL checkout, or its cleanrl/ppo_atari.py")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--total-timesteps", type=int, default=300_000)
-    parser.add_argument("--libraries", nargs="+", default=LIBRARIES, choices=LIBRARIES)
+    parser.add_argument("--libraries", nargs="+", default=LIBRARIES[:2], choices=LIBRARIES)
+    parser.add_argument("--envpool-python", default=sys.executable,
+                        help="the Python that runs ppo_atari_envpool.py: one with envpool installed")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both libraries' torch device")
     parser.add_argument("--fresh", action="store_true", help="drop the runs already in --out and start over")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "atari.json"))
     parser.add_argument("--cleanmetta-args", nargs=argparse.REMAINDER, default=[],
                         help="extra train.py flags, e.g. --cleanmetta-args --torch-threads 2")
     args = parser.parse_args()
-    script = utils = None
-    if "cleanrl" in args.libraries:
+    scripts = {}  # CleanRL library -> (script, cleanrl_utils, python)
+    for lib in SCRIPTS:
+        if lib not in args.libraries:
+            continue
         if args.cleanrl is None:
             raise SystemExit("--cleanrl PATH is needed for the CleanRL runs (a CleanRL checkout, or its "
                              "cleanrl/ppo_atari.py); or pass --libraries cleanmetta")
-        check_cleanrl_needs()
-        script, utils = find_cleanrl(args.cleanrl)
+        python = args.envpool_python if lib == "cleanrl_envpool" else sys.executable
+        check_cleanrl_needs(lib, python)
+        script, utils = find_cleanrl(args.cleanrl, lib)
         with tempfile.TemporaryDirectory() as scratch:  # every substitution matches: now, not after an hour
             adapt_cleanrl(script, utils, scratch)
+        scripts[lib] = script, utils, python
 
     settings = {"env": "Breakout (cleanmetta: ALE/Breakout-v5, CleanRL: BreakoutNoFrameskip-v4)",
                 "total_timesteps": args.total_timesteps, "device": args.device}
     results = load(args.out, args.fresh, settings)
     runs = results["runs"]
-    if script is not None:
+    for lib, (script, _, _) in scripts.items():
         with open(script, "rb") as f:
             sha = hashlib.sha256(f.read()).hexdigest()
-        if runs.get("cleanrl") and results.get("cleanrl_script_sha256", sha) != sha:
-            raise SystemExit(f"{args.out} holds CleanRL runs of another ppo_atari.py (sha256 "
-                             f"{results['cleanrl_script_sha256']}): pass --fresh to start over, or another --out")
-        results["cleanrl_script_sha256"] = sha
-    runners = {
-        "cleanmetta": lambda seed, d: run_cleanmetta(seed, args.total_timesteps, d, args.device, args.cleanmetta_args),
-        "cleanrl": lambda seed, d: run_cleanrl(seed, args.total_timesteps, d, args.device, script, utils),
-    }
+        key = f"{lib}_script_sha256"
+        if runs.get(lib) and results.get(key, sha) != sha:
+            raise SystemExit(f"{args.out} holds {lib} runs of another {SCRIPTS[lib]} (sha256 {results[key]}): pass "
+                             "--fresh to start over, or another --out")
+        results[key] = sha
+
+    def run(lib: str, seed: int, workdir: str) -> tuple[float, float, str]:
+        if lib in CLEANMETTA:
+            return run_cleanmetta(lib, seed, args.total_timesteps, workdir, args.device, args.cleanmetta_args)
+        return run_cleanrl(lib, seed, args.total_timesteps, workdir, args.device, *scripts[lib])
+
     with tempfile.TemporaryDirectory() as workdir:
         for i, seed in enumerate(args.seeds):
             for lib in compare.rotated(args.libraries, i):
                 if str(seed) in runs.get(lib, {}):
-                    print(f"{lib:10s} seed {seed}: done in an earlier invocation, kept", flush=True)
+                    print(f"{lib:15s} seed {seed}: done in an earlier invocation, kept", flush=True)
                     continue
-                row = measure(*runners[lib](seed, workdir), seed)
+                row = measure(*run(lib, seed, workdir), seed)
                 runs.setdefault(lib, {})[str(seed)] = row
                 save(results, args.out)
-                print(f"{lib:10s} seed {seed}: {row['wall_s']:7.1f} s wall, {row['sps']:6,.0f} steps/s, final score "
+                print(f"{lib:15s} seed {seed}: {row['wall_s']:7.1f} s wall, {row['sps']:6,.0f} steps/s, final score "
                       f"{score(row['final_score'])} ({row['games']} games), peak "
                       f"{row['peak_rss_mb']:.0f} MB", flush=True)
 

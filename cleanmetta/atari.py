@@ -37,7 +37,6 @@ from cleanmetta.config import ConfigError, import_extra
 from cleanmetta.video import write_mp4
 
 PREFIX = "ALE/"
-INSTALL = 'pip install -e ".[atari]"'
 
 
 def is_atari(env_id: str) -> bool:
@@ -96,18 +95,21 @@ class AtariGames(gym.vector.VectorWrapper):
             return
         self.frames.append(obs[0, -1])
         if game_ended[0]:
-            write_mp4(self.frames, os.path.join(self.record_dir, "game-0.mp4"),
-                      self.env.metadata.get("render_fps", 15))
-            self.frames = None
+            self._write_video()
+
+    def _write_video(self) -> None:
+        # 15 agent steps a second: the Atari's 60 frames, 4 to a step
+        write_mp4(self.frames, os.path.join(self.record_dir, "game-0.mp4"), fps=15)
+        self.frames = None
 
     def close(self, **kwargs):
         if self.frames is not None and len(self.frames) > 1:  # a game still going when the env closes
-            write_mp4(self.frames, os.path.join(self.record_dir, "game-0.mp4"), self.env.metadata.get("render_fps", 15))
-            self.frames = None
+            self._write_video()
         return super().close(**kwargs)
 
 
-def make_atari_vecenv(env_id: str, num_envs: int, kwargs: dict[str, Any], record_dir: str | None = None) -> AtariGames:
+def make_atari_vecenv(env_id: str, num_envs: int, kwargs: dict[str, Any],
+                      record_dir: str | None = None) -> AtariGames:
     """`num_envs` games of `env_id` (an ALE/ id) in ale-py's AtariVectorEnv, wrapped in AtariGames."""
     import_extra("ale_py", "atari", f"env.id={env_id!r}")
     kwargs = dict(kwargs)

@@ -203,7 +203,6 @@ class RolloutCollector:
         self.prev_done[rows] = done
         self._obs_to_device(next_obs, rows)
 
-
     def _finish(self, done: np.ndarray, episode_return: np.ndarray, episode_length: np.ndarray, infos: dict) -> None:
         """Record the episodes that ended at this step: their return and length (the env's own score
         when it reports one, as gymnasium's RecordEpisodeStatistics does in info["episode"]: e.g. an

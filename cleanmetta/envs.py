@@ -9,13 +9,14 @@ invalid so no training transition ever spans two episodes.
 
 `make_vecenv` builds `env.num_envs` copies of the curriculum's task (curriculum.py), using
 gymnasium's native vector env where the id has one. An id from another package is registered by
-importing that package first: the task's own module (`module:ID`, gymnasium's convention), or
-for a few known families (`ALE/`, `MiniGrid-`, `BabyAI-`) their package, when the id is not
-registered yet. `env.wrappers` (gymnasium wrappers by import path) wrap every task's env, in order. With more than one task each sub-env is a
-`CurriculumEnv`, which plays the curriculum's choice each episode, reports its task in
-`info["task"]` and refuses tasks whose spaces differ. `mettagrid/<task>` ids (the optional
-MettaGrid extra) build cleanmetta.mettagrid_env's vector env, which follows the same contract with
-one batch row per agent.
+importing that package first: the task's own module (`module:ID`, gymnasium's convention), or for
+a few known families (`ALE/`, `MiniGrid-`, `BabyAI-`) their package, when the id is not registered
+yet. `env.wrappers` (gymnasium wrappers by import path) wrap every task's env, in order. With more
+than one task each sub-env is a `CurriculumEnv`, which plays the curriculum's choice each episode,
+reports its task in `info["task"]` and refuses tasks whose spaces differ. `mettagrid/<task>` ids
+(the optional MettaGrid extra) build cleanmetta.mettagrid_env's vector env, which follows the same
+contract with one batch row per agent; `ALE/<game>` ids (the atari extra) cleanmetta.atari's, on
+ale-py's native vector env with the game score in info["episode"].
 
 `CartPoleNoVel-v1` (registered here) is CartPole-v1 without its two velocity observations: only
 the cart's position and the pole's angle are seen, so a policy must remember past observations to
@@ -74,7 +75,8 @@ def register_task(task: Task) -> None:
     except ModuleNotFoundError as err:
         missing = err.name or module
         install = install or f"pip install {missing.split('.')[0].replace('_', '-')} (or the package that provides it)"
-        raise ConfigError(f"env.id={task.name!r} needs the module {missing!r}, which is not installed: {install}") from None
+        raise ConfigError(f"env.id={task.name!r} needs the module {missing!r}, which is not installed: "
+                          f"{install}") from None
 
 
 Wrapper = Callable[[gym.Env], gym.Env]
@@ -199,8 +201,9 @@ def record_first_episode(env: gym.Env, record_dir: str) -> gym.Env:
 
 def check_recordable(task: str) -> None:
     """ConfigError unless episodes of `task` (a curriculum task string) can be recorded: MettaGrid
-    writes replays; ALE games record what the agent sees (the video extra); a gymnasium env needs the video extra and must render rgb_array frames (one is
-    rendered here, so a missing renderer such as pygame shows now, not at the first evaluation)."""
+    writes replays; ALE games record what the agent sees (the video extra); a gymnasium env needs the
+    video extra and must render rgb_array frames (one is rendered here, so a missing renderer such as
+    pygame shows now, not at the first evaluation)."""
     parsed = Task.parse(task)
     if mettagrid_env.is_mettagrid(parsed.env_id):
         return

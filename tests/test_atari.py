@@ -59,7 +59,8 @@ def test_a_lost_life_ends_the_training_episode_and_the_game_goes_on_to_its_uncli
     lost_lives = 0
     for t, e, score in scores:
         game_start = 0 if not ends[:t, e].any() else np.nonzero(ends[:t, e])[0][-1] + 2  # after ale-py's reset step
-        assert score == raw[game_start:t + 1, e].sum() > np.sign(raw[game_start:t + 1, e]).sum()  # every life, unclipped
+        game = raw[game_start:t + 1, e]
+        assert score == game.sum() > np.sign(game).sum()  # every life, unclipped
         lost = np.nonzero(np.diff(lives[game_start:t + 1, e]) < 0)[0] + game_start + 1  # steps that lost a life
         lost = lost[lost < t]  # the last life ends the game itself
         lost_lives += len(lost)
@@ -136,4 +137,5 @@ def test_an_atari_evaluation_records_its_whole_game_without_changing_it(tmp_path
     recorded = PolicyEvaluator([sim], video_dir=str(tmp_path)).evaluate(policy, step=0)["space_invaders"]
     assert plain.scores("x") == recorded.scores("x")
     (path,) = recorded.recordings
-    assert path.endswith("game-0.mp4") and frame_count(path) == recorded.mean_length + 1  # the reset frame, then a frame a step
+    # the game's first observation, then one frame a step
+    assert path.endswith("game-0.mp4") and frame_count(path) == recorded.mean_length + 1

@@ -176,7 +176,8 @@ def test_structured_observations_are_stored_as_one_flat_row_by_a_rule_per_space(
                            np.array([[7, 8], [9, 10]], np.uint8)))
     np.testing.assert_array_equal(rows, [[0, 0, 3, 1, 0, 7, 8], [4, 2, 1, 0, 1, 9, 10]])
     assert rows.dtype == np.uint8  # every entry fits a byte
-    assert ObservationLayout(spaces.Dict({"x": spaces.Box(-1, 1, (2,))})).flatten({"x": np.zeros((1, 2))}).dtype == np.float32
+    floats = ObservationLayout(spaces.Dict({"x": spaces.Box(-1, 1, (2,))}))
+    assert floats.flatten({"x": np.zeros((1, 2))}).dtype == np.float32
 
     policy = make_policy(AgentConfig(), layout.space, spaces.Discrete(2))
     features = policy.encode(torch.as_tensor(rows))
@@ -209,7 +210,8 @@ def test_a_dict_observation_trains_with_an_lstm(tmp_path):
     result = train.main(config)
     assert result["policy"].recurrent and isinstance(result["policy"].net, MultiInputPolicy)
     reloaded = load_policy_file(PolicyStore(os.path.join(str(tmp_path), "run")).latest().uri)
-    scores = evaluate.PolicyEvaluator([evaluate.Simulation("dict", "toy_envs:toy/Dict-v0", episodes=2)]).evaluate(reloaded)
+    sim = evaluate.Simulation("dict", "toy_envs:toy/Dict-v0", episodes=2)
+    scores = evaluate.PolicyEvaluator([sim]).evaluate(reloaded)
     assert scores["dict"].mean_length == 8
 
 
