@@ -1,6 +1,7 @@
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
@@ -268,3 +269,32 @@ def test_compiled_loss_matches_eager_loss_and_gradients():
             assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
         for x, y in zip(grads_a, grads_b):
             assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_runs_the_loss_forward_in_bfloat16_close_to_float32():
+    from cleanmetta.policy import CNNPolicy
+
+    torch.manual_seed(0)
+    policy = CNNPolicy(spaces.Box(0, 255, (4, 36, 36), np.uint8), spaces.Discrete(4), hidden_size=32)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    plain = PPOOptimizer(policy, optimizer, "cpu", PPOConfig())
+    bf16 = PPOOptimizer(policy, optimizer, "cpu", PPOConfig(bf16=True))
+    dtypes = []
+    policy.image.trunk[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    n = 64
+    obs, actions = torch.randint(0, 255, (n, 4, 36, 36), dtype=torch.uint8), torch.randint(0, 4, (n, 1))
+    with torch.no_grad():
+        old_logprobs = policy.get_action_and_value(obs, actions)[1]
+    args = (obs, actions, old_logprobs, torch.randn(n), torch.randn(n), torch.randn(n))
+    results = []
+    for ppo in (plain, bf16):
+        policy.zero_grad(set_to_none=True)
+        losses = ppo.minibatch_loss(*args)
+        losses.total_loss.backward()
+        results.append((losses, torch.cat([p.grad.flatten() for p in policy.parameters()])))
+    assert dtypes[-3:] == [torch.float32, torch.float32, torch.bfloat16]  # old logprobs, plain, bf16
+    (a, grads_a), (b, grads_b) = results
+    assert b.approx_kl < 1e-4  # the rollout's policy, to bfloat16's precision
+    torch.testing.assert_close(b.total_loss, a.total_loss, rtol=0.02, atol=0.02)
+    assert torch.nn.functional.cosine_similarity(grads_a, grads_b, dim=0) > 0.99
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in policy.parameters())
