@@ -244,6 +244,8 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
     task = curriculum.tasks[0]
     workers = env_config.num_workers if record_dir is None else 0  # a recording steps in this process
     is_mettagrid = [mettagrid_env.is_mettagrid(t.env_id) for t in curriculum.tasks]
+    if env_config.wrappers and any(is_mettagrid):
+        raise ConfigError(f"env.wrappers={env_config.wrappers} are gymnasium wrappers; MettaGrid tasks take none")
     if any(is_mettagrid):  # the optional MettaGrid extra
         if not all(is_mettagrid):
             raise ConfigError(f"curriculum tasks {[t.name for t in curriculum.tasks]} mix MettaGrid and gymnasium "
@@ -257,8 +259,6 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
             vecenv = mettagrid_env.MettaGridVecEnv(curriculum, env_config.num_envs, seed, replay_dir=record_dir)
         vecenv.reset(seed=seed)
         return vecenv
-    if env_config.wrappers and any(is_mettagrid):
-        raise ConfigError(f"env.wrappers={env_config.wrappers} are gymnasium wrappers; MettaGrid tasks take none")
     for t in curriculum.tasks:
         register_task(t)
     if any(atari.is_atari(t.env_id) for t in curriculum.tasks):  # ale-py's native vector env (the atari extra)

@@ -123,6 +123,8 @@ def test_wrappers_are_checked_early_with_a_clear_error():
         TrainingConfig(env=EnvConfig(wrappers=["gymnasium.wrappers:ClipReward"], vectorization="native")).validate()
     with pytest.raises(ConfigError, match="module gymnasium.wrappers has no 'NoSuchWrapper'"):
         make_vecenv(EnvConfig(wrappers=["gymnasium.wrappers:NoSuchWrapper"]), seed=0)
+    with pytest.raises(ConfigError, match="are gymnasium wrappers; MettaGrid tasks take none"):
+        make_vecenv(EnvConfig(id="mettagrid/hearts", wrappers=["gymnasium.wrappers:ClipReward"]), seed=0)
     with pytest.raises(ConfigError, match="cannot wrap CartPole-v1: TypeError"):
         make_vecenv(EnvConfig(wrappers=["gymnasium.wrappers:ClipReward:no_such_arg=1"]), seed=0)
 
