@@ -124,5 +124,6 @@ def make_atari_vecenv(env_id: str, num_envs: int, kwargs: dict[str, Any],
                            episodic_life=False, autoreset_mode=AutoresetMode.NEXT_STEP, **kwargs)
     except TypeError as err:
         raise ConfigError(f"env.id={env_id!r}: {err} (AtariVectorEnv's arguments: repeat_action_probability, "
-                          "frameskip, noop_max, stack_num, img_height, img_width, grayscale, use_fire_reset, ...)") from None
+                          "frameskip, noop_max, stack_num, img_height, img_width, grayscale, use_fire_reset, "
+                          "...)") from None
     return AtariGames(env, reward_clipping, episodic_life, bool(kwargs.get("use_fire_reset", True)), record_dir)
