@@ -37,14 +37,14 @@ from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
 from cleanmetta.spaces import UnsupportedEnvError
+from cleanmetta.resume import config_file_base, finished, restore_checkpoint, resume_base, save_checkpoint
 from cleanmetta.trainer import (StopOnSignal, evaluate_and_log, join_process_group, learning_rate_at, make_optimizer,
-                                make_reward_scaler, num_epochs_for, rank_seed, restore_checkpoint, run_dir_for,
-                                save_checkpoint, seed_everything)
+                                make_reward_scaler, num_epochs_for, rank_seed, run_dir_for, seed_everything)
 
 
 def main(config: TrainingConfig) -> dict:
-    config.validate()
     device = join_process_group(config)  # torchrun: join the others; this rank's GPU (NCCL) or the CPU (gloo)
+    config = distributed.broadcast_object(config).validate()  # torchrun: rank 0's (only it reads --resume's file)
     seed = rank_seed(config)             # torchrun: each rank its own RNG stream and episodes
     seed_everything(seed, config.torch_deterministic)
     torch.set_num_threads(config.torch_threads)
@@ -57,11 +57,16 @@ def main(config: TrainingConfig) -> dict:
     optimizer = make_optimizer(policy, config.trainer, device)
     experience = Experience.for_env(vecenv, config.trainer.num_steps, device, config.agent.lstm_size,
                                     config.trainer.bptt_horizon)
-    checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir))
+    checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir), keep=config.checkpoint.keep)
     reward_scaler = make_reward_scaler(config, vecenv)  # None unless ppo.normalize_reward
     evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic,
                                 video_dir(run_dir) if config.evaluation.video else None)  # videos: mp4 / replays
     epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler)
+    num_epochs = num_epochs_for(config, experience)
+    if finished(run_dir, epoch, agent_steps, num_epochs):  # --resume of a finished run: say so, change nothing
+        vecenv.close()
+        distributed.close()
+        return {"run_dir": run_dir, "policy": policy, "epoch": epoch, "agent_steps": agent_steps}
     wandb_run = start_wandb(config, run_dir, resume=agent_steps > 0)  # wandb: None unless --log.wandb (rank 0)
     if config.log.wandb_checkpoints:
         checkpointer.wandb_run = wandb_run  # wandb: every saved policy as a model artifact
@@ -72,7 +77,6 @@ def main(config: TrainingConfig) -> dict:
                          config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run)
 
     # Train.
-    num_epochs = num_epochs_for(config, experience)
     scores: dict[str, float] = {}
     with StopOnSignal() as stop:
         while epoch < num_epochs and not stop.requested:
@@ -114,10 +118,10 @@ def parse_config(argv: list[str]) -> TrainingConfig:
                 raise ConfigError(f"--preset {value!r} is not a preset; choose one of {sorted(PRESETS)}")
             base = PRESETS[value]()
         elif flag == "--config":
-            base = TrainingConfig.from_yaml(value)
+            base = config_file_base(value)  # a run's config.json starts a new run (a new name), not that run
         else:
             resume_dir = value.rstrip("/")
-            base = TrainingConfig.from_yaml(os.path.join(resume_dir, "config.json"))
+            base = resume_base(resume_dir)  # RUN/config.json (torchrun: on rank 0 only)
     config = tyro.cli(TrainingConfig, default=base, args=argv, description=__doc__.split("\n\n")[0]
                       + " --preset NAME, --config FILE and --resume RUN_DIR are read first; flags override them.")
     if resume_dir is not None:  # the run directory is what --resume names
@@ -129,5 +133,9 @@ def parse_config(argv: list[str]) -> TrainingConfig:
 if __name__ == "__main__":
     try:
         main(parse_config(sys.argv[1:]))
-    except (ConfigError, UnsupportedEnvError, CheckpointError, FileNotFoundError, distributed.DistributedError) as err:
-        sys.exit(f"error: {err}")
+    except (Exception, KeyboardInterrupt) as err:
+        distributed.report_failure(err)  # torchrun: the other ranks stop within seconds, with this message
+        if isinstance(err, (ConfigError, UnsupportedEnvError, CheckpointError, FileNotFoundError,
+                            distributed.DistributedError, FloatingPointError)):
+            sys.exit(f"error: {err}")
+        raise

@@ -45,7 +45,7 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # be
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
 from cleanmetta.plot import read_episodes  # noqa: E402
-from cleanmetta.trainer import RANK_SEED_STRIDE  # noqa: E402
+from cleanmetta.distributed import RANK_SEED_STRIDE  # noqa: E402
 
 TASKS = {  # name: (preset, env id, rollout steps T, default agent steps, evaluation episodes)
     "mettagrid": ("mettagrid", "mettagrid/hearts", 128, 500_000, 16),

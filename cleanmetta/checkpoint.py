@@ -3,28 +3,35 @@
 A run directory holds
     policies/policy_000050.pt    one file per saved policy: network spec, weights, counters, metadata
     policies.json                the PolicyStore's index of those files (epoch, steps, eval scores)
-    trainer_state.pt             what an exact continuation needs: optimizer, counters, RNG states,
-                                 config, and which policy file goes with it
+    trainer_states/trainer_state_000050.pt
+                                 what an exact continuation needs: optimizer, counters, RNG states,
+                                 config, and which policy file goes with it (the newest `keep`)
 
-Every file is written to a temporary name in the same directory and renamed over the old one, so
-a process killed at any moment leaves the previous checkpoint intact. Every file is read with
-`torch.load(..., weights_only=True)`: tensors, numbers, strings, lists and dicts only, never code.
-A missing, truncated or foreign file raises CheckpointError naming the path and the problem.
+A checkpoint is committed when its policy's record is in policies.json. `save_checkpoint` writes
+the trainer state, then the policy file, then the index, each atomically (files.py): a process
+killed at any moment leaves either the new checkpoint or the previous one in force, never half of
+one. `load_trainer_state` takes the newest committed trainer state that reads back whole (with
+its policy file), falling back to an older one, with a message, when a file was damaged after it
+was written. Every file is read with `torch.load(..., weights_only=True)`: tensors, numbers,
+strings, lists and dicts only, never code. A missing, truncated or foreign file raises
+CheckpointError naming the path and the problem.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
-import tempfile
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from cleanmetta.config import AgentConfig
+from cleanmetta.files import fsync_dir, write_atomic, write_json
 from cleanmetta.policy import make_policy
 from cleanmetta.spaces import space_from_dict, spaces_match
 
@@ -35,26 +42,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or not a cleanmetta checkpoint of the expected kind."""
 
 
-# ---- atomic files -------------------------------------------------------------------------------
-
-def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
+# ---- checkpoint files ---------------------------------------------------------------------------
 
 def save_checkpoint(obj: dict[str, Any], path: str, kind: str) -> None:
     """Atomically write `obj` (plain data and tensors) as a checkpoint of `kind`."""
-    _write_atomic(path, lambda tmp: torch.save({"format": FORMAT, "kind": kind, **obj}, tmp))
+    write_atomic(path, lambda tmp: torch.save({"format": FORMAT, "kind": kind, **obj}, tmp))
 
 
 def load_checkpoint(path: str, kind: str) -> dict[str, Any]:
@@ -173,18 +165,95 @@ class PolicyStore:
             return PolicyRecord(selector, data["epoch"], data["agent_steps"], data["metadata"])
         raise CheckpointError(f"{self.directory}: no policy matches {selector!r}")
 
+    def remove_after(self, epoch: int) -> list[PolicyRecord]:
+        """Drop the records (and files) of policies saved after `epoch`; return them. A resumed run
+        does this for the epochs it is about to train again."""
+        records = self.records()
+        removed = [r for r in records if r.epoch > epoch]
+        if removed:
+            self._write([r for r in records if r.epoch <= epoch])
+            for record in removed:
+                if os.path.exists(record.uri):
+                    os.remove(record.uri)
+        return removed
+
     def _resolve(self, uri: str) -> str:
         return os.path.normpath(os.path.join(self.directory, uri))
 
     def _write(self, records: list[PolicyRecord]) -> None:
-        rows = [{**r.to_dict(), "uri": os.path.relpath(r.uri, self.directory)} for r in records]
-        text = json.dumps(rows, indent=2, default=str)
+        write_json(self.index_path, [{**r.to_dict(), "uri": os.path.relpath(r.uri, self.directory)} for r in records])
 
-        def write(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                f.write(text)
 
-        _write_atomic(self.index_path, write)
+TRAINER_STATES = "trainer_states"
+
+
+def trainer_state_path(run_dir: str, epoch: int) -> str:
+    return os.path.join(run_dir, TRAINER_STATES, f"trainer_state_{epoch:06d}.pt")
+
+
+def trainer_state_paths(run_dir: str, after: int = -1) -> list[str]:
+    """The trainer states saved in `run_dir` (those of epochs after `after`), newest first."""
+    paths = glob.glob(os.path.join(glob.escape(run_dir), TRAINER_STATES, "trainer_state_*.pt"))
+    numbered = [(int(m.group(1)), path) for path in paths
+                if (m := re.fullmatch(r"trainer_state_(\d+)\.pt", os.path.basename(path)))]
+    return [path for epoch, path in sorted(numbered, reverse=True) if epoch > after]
+
+
+# ---- the run directory --------------------------------------------------------------------------
+
+RUN_FILES = ("config.json", "policies.json", "episodes.csv", "summary.json", TRAINER_STATES, "trainer_state.pt")
+
+
+def set_aside(run_dir: str) -> str | None:
+    """Before a new run starts in `run_dir`: move an earlier run's files out of its way, to the first
+    free `<run_dir>.old-<N>`, and return that path (None when the directory is new or empty). A
+    directory holding other files than a run's is refused, not moved."""
+    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+        return None
+    if not any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_FILES):
+        raise CheckpointError(f"{run_dir} holds files that are not a cleanmetta run; pick another "
+                              "--experiment-name or --log.run-root")
+    n = 1
+    while os.path.exists(f"{run_dir}.old-{n}"):
+        n += 1
+    os.replace(run_dir, f"{run_dir}.old-{n}")
+    fsync_dir(os.path.dirname(os.path.abspath(run_dir)))
+    return f"{run_dir}.old-{n}"
+
+
+def remove_leftovers(run_dir: str) -> None:
+    """Delete the temporary files that writes cut short by a kill left behind (files.py)."""
+    for path in glob.glob(os.path.join(glob.escape(run_dir), "**", "*.tmp"), recursive=True):
+        os.remove(path)
+
+
+def inconsistencies(run_dir: str) -> list[str]:
+    """What is wrong with a run directory's checkpoints (empty when nothing): every policy record
+    points to a policy file that reads back, epochs only grow, and the trainer state in force
+    belongs to the latest policy (older trainer states to older policies)."""
+    store, problems = PolicyStore(run_dir), []
+    try:
+        records = store.records()
+    except CheckpointError as err:
+        return [str(err)]
+    epochs = [r.epoch for r in records]
+    if epochs != sorted(set(epochs)):
+        problems.append(f"policies.json: epochs not strictly increasing: {epochs}")
+    for record in records:
+        try:
+            load_checkpoint(record.uri, "policy")
+        except CheckpointError as err:
+            problems.append(str(err))
+    try:
+        state = TrainingCheckpointer(run_dir, store).load_trainer_state(run_dir)
+    except CheckpointError as err:
+        return problems + [str(err)]
+    if state is None:
+        return problems + ([f"{run_dir}: policies saved but no trainer state"] if records else [])
+    if not records or state["epoch"] != records[-1].epoch or state.get("agent_step") != records[-1].agent_steps:
+        problems.append(f"{state['path']} (epoch {state['epoch']}) is not the latest policy's "
+                        f"(epoch {epochs[-1] if epochs else None})")
+    return problems
 
 
 # ---- the checkpointer ---------------------------------------------------------------------------
@@ -212,13 +281,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class TrainingCheckpointer:
-    """Saves and restores a run's policies and trainer state under `checkpoint_dir`."""
+    """Saves and restores a run's policies and trainer state under `checkpoint_dir`; keeps the
+    newest `keep` trainer states (the policies all stay)."""
 
-    def __init__(self, checkpoint_dir: str, policy_store: PolicyStore | None = None, wandb_run: Any = None):
+    def __init__(self, checkpoint_dir: str, policy_store: PolicyStore | None = None, wandb_run: Any = None,
+                 keep: int = 3):
         self.checkpoint_dir = checkpoint_dir
         self.policy_store = policy_store if policy_store is not None else PolicyStore(checkpoint_dir)
         self.wandb_run = wandb_run  # optional: every saved policy is also logged to it as a model artifact
+        self.keep = keep
         self.last_policy: PolicyRecord | None = None
+
+    def policy_path(self, epoch: int) -> str:
+        return os.path.normpath(os.path.join(self.checkpoint_dir, "policies", f"policy_{epoch:06d}.pt"))
+
+    def save_checkpoint(self, policy: torch.nn.Module, epoch: int, agent_step: int, optimizer_state: dict[str, Any],
+                        metadata: dict[str, Any] | None = None, **extra: Any) -> PolicyRecord:
+        """One checkpoint, committed at once: the trainer state (pointing at the policy file to come),
+        then the policy file and its record (the commit), then older trainer states pruned to `keep`.
+        A kill before the record is written leaves the previous checkpoint in force."""
+        uri = os.path.relpath(self.policy_path(epoch), self.policy_store.directory)
+        self._write_trainer_state(agent_step, epoch, optimizer_state, self.checkpoint_dir, policy_uri=uri, **extra)
+        record = self.save_policy(policy, epoch, {**(metadata or {}), "agent_steps": agent_step})
+        self._prune(self.checkpoint_dir)
+        return record
 
     def save_policy(self, policy: torch.nn.Module, epoch: int, metadata: dict[str, Any] | None = None) -> PolicyRecord:
         """Write the policy's spec and weights; add and return its record. metadata may hold agent_steps."""
@@ -228,30 +314,71 @@ class TrainingCheckpointer:
         spec = getattr(policy, "spec", None)
         if spec is None:
             raise CheckpointError("the policy has no .spec; build it with cleanmetta.policy.make_policy()")
-        path = os.path.join(self.checkpoint_dir, "policies", f"policy_{epoch:06d}.pt")
+        path = self.policy_path(epoch)
         state_dict = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
         save_checkpoint({"spec": spec, "state_dict": state_dict, "epoch": epoch, "agent_steps": agent_steps,
                          "metadata": metadata}, path, "policy")
-        self.last_policy = PolicyRecord(os.path.normpath(path), epoch, agent_steps, metadata, dict(scores))
+        self.last_policy = PolicyRecord(path, epoch, agent_steps, metadata, dict(scores))
         if self.wandb_run is not None:
             self._log_artifact(self.last_policy)
         return self.policy_store.add(self.last_policy)
 
     def save_trainer_state(self, agent_step: int, epoch: int, optimizer_state: dict[str, Any], run_dir: str,
                            **extra: Any) -> str:
-        """Write trainer_state.pt: counters, optimizer state, RNG states, `extra` (e.g. config) and the
-        policy saved last (`policy_uri`, relative to the policy store)."""
-        path = os.path.join(run_dir, "trainer_state.pt")
+        """Write trainer_states/trainer_state_<epoch>.pt: counters, optimizer state, RNG states, `extra`
+        (e.g. config) and the policy saved last (`policy_uri`, relative to the policy store); keep
+        the newest `keep`. (save_checkpoint writes both halves of a checkpoint in a kill-proof order.)"""
         if self.last_policy is not None:
             extra.setdefault("policy_uri", os.path.relpath(self.last_policy.uri, self.policy_store.directory))
+        path = self._write_trainer_state(agent_step, epoch, optimizer_state, run_dir, **extra)
+        self._prune(run_dir)
+        return path
+
+    def _write_trainer_state(self, agent_step: int, epoch: int, optimizer_state: dict[str, Any], run_dir: str,
+                             **extra: Any) -> str:
+        path = trainer_state_path(run_dir, epoch)
         save_checkpoint({"agent_step": agent_step, "epoch": epoch, "optimizer_state": optimizer_state,
                          "rng": rng_state(), **extra}, path, "trainer_state")
         return path
 
+    def _prune(self, run_dir: str) -> None:
+        for path in trainer_state_paths(run_dir)[self.keep:]:
+            os.remove(path)
+
     def load_trainer_state(self, run_dir: str) -> dict[str, Any] | None:
-        """The saved trainer state of `run_dir`, or None when it has none yet."""
-        path = os.path.join(run_dir, "trainer_state.pt")
-        return load_checkpoint(path, "trainer_state") if os.path.exists(path) else None
+        """The newest committed trainer state of `run_dir` that reads back whole, with its policy file;
+        None when it has none yet. A damaged newer one is skipped with a message on stdout; one whose
+        policy never reached policies.json (a kill while saving) is not in force, and skipped quietly."""
+        records = {r.uri: r for r in self.policy_store.records()}
+        damaged = []
+        for path in trainer_state_paths(run_dir):
+            try:
+                state = load_checkpoint(path, "trainer_state")
+                uri = state.get("policy_uri")
+                if uri is not None:
+                    record = records.get(self.policy_store._resolve(uri))
+                    if record is None:  # written by a run killed before it committed the policy
+                        continue
+                    load_checkpoint(record.uri, "policy")
+            except CheckpointError as err:
+                damaged.append(str(err))
+                continue
+            for problem in damaged:
+                print(f"checkpoint: skipped {problem}; resuming from {os.path.basename(path)} instead", flush=True)
+            state["path"] = path
+            return state
+        if damaged:
+            raise CheckpointError(f"{run_dir}: no trainer state reads back whole: " + "; ".join(damaged))
+        return None
+
+    def discard_after(self, epoch: int) -> list[str]:
+        """Delete the policies (records and files) and trainer states saved after `epoch`, as a run
+        resumed from `epoch` does before it trains those epochs again; return the deleted paths."""
+        removed = [r.uri for r in self.policy_store.remove_after(epoch)]
+        for path in trainer_state_paths(self.checkpoint_dir, after=epoch):
+            os.remove(path)
+            removed.append(path)
+        return removed
 
     def load_policy(self, checkpoint: dict[str, Any] | str, env: Any = None) -> PolicyRecord:
         """The policy record of a trainer state (or of a policy file path), its network loaded.

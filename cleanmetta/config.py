@@ -211,7 +211,11 @@ class CheckpointConfig:
     interval: int = 50
     """epochs between checkpoints (policy + trainer state); one is always written at the end."""
     resume: bool = True
-    """continue from the run directory's last checkpoint when it has one."""
+    """continue from the run directory's last checkpoint when it has one (off: start over; an earlier
+    run's files in the directory are moved to RUN.old-N first)."""
+    keep: int = 3
+    """trainer states kept (the newest; every saved policy stays): a resume falls back to an older one
+    when the newest does not read back whole."""
 
 
 @dataclass
@@ -414,6 +418,7 @@ class TrainingConfig:
               "must be in [0, 1]")
 
         check(self.checkpoint.interval >= 0, "checkpoint.interval", self.checkpoint.interval, "must be >= 0")
+        check(self.checkpoint.keep >= 1, "checkpoint.keep", self.checkpoint.keep, "must be >= 1")
         check(self.evaluation.interval >= 0, "evaluation.interval", self.evaluation.interval, "must be >= 0")
         check(self.evaluation.episodes >= 1, "evaluation.episodes", self.evaluation.episodes, "must be >= 1")
         check(not self.evaluation.video or self.evaluation.interval > 0, "evaluation.video", True,

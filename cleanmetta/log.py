@@ -7,11 +7,16 @@ A run directory holds:
 - `episodes.csv`: agent_steps, seconds since training started, return and length of every
   finished episode (a resumed run first cuts it back to its checkpoint's step, as TensorBoard's
   purge_step does for the event files, and restores the console's last-20 window from it);
-- `summary.json` when the run ends: agent steps, seconds, steps per second, mean return of the
-  last 20 episodes;
+- `summary.json` when the run ends: the whole run's agent steps, training seconds and steps per
+  second (a resumed run adds the seconds of its first part, up to the checkpoint's last logged
+  episode), and the mean return of the last 20 episodes;
 - with `--log.wandb` (`start_wandb`), a Weights & Biases run under `wandb/`: the whole config, the
   same scalars under the same names against `global_step` (the agent steps), evaluation scores and
   videos. Its id is kept in `wandb_id`, so a resumed run continues the same wandb run.
+
+config.json and summary.json are written atomically (files.py); episodes.csv and the TensorBoard
+events are flushed every epoch, so that a killed run loses none of them (a resume cuts them back
+to the checkpoint).
 
 Under torchrun only rank 0 writes and prints (and talks to wandb): the other ranks' loggers keep
 the same counters (the collector hands every rank all ranks' episodes) and write nothing.
@@ -22,7 +27,6 @@ This module only records; it never changes what it is given.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -33,6 +37,7 @@ import numpy as np
 
 from cleanmetta import distributed
 from cleanmetta.config import TrainingConfig, import_extra
+from cleanmetta.files import write_json, write_text
 
 # update() stats key -> TensorBoard tag; any other key (a custom loss) is logged as losses/<key>.
 LOSS_TAGS = {
@@ -103,8 +108,7 @@ def start_wandb(config: TrainingConfig, run_dir: str, resume: bool = False) -> A
                      config=config.to_dict(), dir=run_dir, id=run_id, resume="allow" if run_id else None)
     run.define_metric("global_step")
     run.define_metric("*", step_metric="global_step")
-    with open(id_path, "w") as f:
-        f.write(run.id)
+    write_text(id_path, run.id)
     return run
 
 
@@ -132,8 +136,7 @@ class StatsLogger:
     def _open_files(self, config: Any, tensorboard: bool, start_step: int) -> None:
         os.makedirs(self.run_dir, exist_ok=True)
         if config is not None:
-            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-                json.dump(dataclasses.asdict(config), f, indent=2)
+            write_json(os.path.join(self.run_dir, "config.json"), dataclasses.asdict(config))
         if tensorboard:
             # imported only when on: TensorBoard's writer costs ~16 MB and a second of start-up
             from torch.utils.tensorboard import SummaryWriter
@@ -164,6 +167,7 @@ class StatsLogger:
         if self.writer is not None:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, step)
+            self.writer.flush()  # to the OS, so that a kill loses no event (its own flush comes every 2 minutes)
         if self.wandb_run is not None:
             self.wandb_run.log({**scalars, "global_step": step})
 
@@ -201,6 +205,8 @@ class StatsLogger:
         for key, value in update_stats.items():
             scalars[LOSS_TAGS.get(key, f"losses/{key}")] = value
         self.log_scalars(agent_steps, scalars)
+        if self.writes:
+            self.episodes_file.flush()  # to the OS each epoch, so that a kill loses no row
 
         done = self.total_timesteps is not None and agent_steps >= self.total_timesteps
         if self.writes and (done or seconds - self.last_print >= self.console_interval):
@@ -220,16 +226,17 @@ class StatsLogger:
         return f"{head} | {sps:,.0f} SPS | return {recent} (last 20) | {losses}"
 
     def summary(self) -> dict[str, float]:
-        return {"agent_steps": self.agent_steps, "seconds": self.elapsed,
-                "steps_per_second": self.steps_per_second(self.agent_steps),
+        """The whole run's totals (a resumed run's first part included)."""
+        seconds = self.seconds_before + self.elapsed
+        return {"agent_steps": self.agent_steps, "seconds": seconds,
+                "steps_per_second": self.agent_steps / max(seconds, 1e-9),
                 "mean_return_last20": self.mean_recent_return}
 
     def close(self) -> None:
         """Write summary.json, close the files, and finish the wandb run (with the summary in it)."""
         if not self.writes:
             return
-        with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
-            json.dump(self.summary(), f, indent=2)
+        write_json(os.path.join(self.run_dir, "summary.json"), self.summary())
         self.episodes_file.close()
         if self.writer is not None:
             self.writer.close()

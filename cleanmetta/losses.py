@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from gymnasium import spaces
 
+from cleanmetta import distributed
 from cleanmetta.checkpoint import CheckpointError, PolicyStore, check_policy_spaces, load_policy_file
 from cleanmetta.config import ConfigError, PPOConfig
 from cleanmetta.policy import CategoricalHead, Policy, entropy_of
@@ -84,10 +85,16 @@ def action_kl(teacher: Policy, teacher_params: torch.Tensor, student: Policy, st
 def load_teacher(path: str, observation_space: spaces.Space, action_space: spaces.Space,
                  device: torch.device | str = "cpu") -> Policy:
     """The teacher network of `path`, a run directory (its latest saved policy) or a policy file,
-    frozen and checked against the student's spaces."""
+    frozen and checked against the student's spaces. Under torchrun rank 0 reads it and sends it to
+    the others (their machines need no copy)."""
+    teacher = distributed.on_main(_read_teacher, path, observation_space, action_space)
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def _read_teacher(path: str, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
     try:
         uri = PolicyStore(path).latest().uri if os.path.isdir(path) else path
-        teacher = load_policy_file(uri, device)
+        teacher = load_policy_file(uri)
         check_policy_spaces(teacher, observation_space, action_space, uri)
     except CheckpointError as err:
         raise ConfigError(f"ppo.kickstart_teacher={path!r}: {err}; kickstart from a policy trained on the same "
@@ -95,7 +102,7 @@ def load_teacher(path: str, observation_space: spaces.Space, action_space: space
     if teacher.recurrent:
         raise ConfigError(f"ppo.kickstart_teacher={path!r} is recurrent (agent.lstm_size > 0): kickstarting needs "
                           "a feedforward teacher, whose outputs depend on the minibatch's observations alone")
-    return teacher.eval().requires_grad_(False)
+    return teacher
 
 
 class Kickstarter:

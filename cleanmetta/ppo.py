@@ -203,6 +203,7 @@ class PPOOptimizer:
         if len(set(names)) != len(names):
             raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
         history: list[torch.Tensor] = []  # per minibatch: the reported terms, stacked once at the end
+        counts: list[int] = []  # per minibatch: its samples, which weigh its terms over processes
 
         recurrent = experience.lstm_size > 0  # segments [S, L, ...] replayed through the LSTM (experience.py)
         n = batch.obs.shape[0]  # samples, or segments
@@ -269,17 +270,21 @@ class PPOOptimizer:
                 for p in params:  # optimizer.zero_grad(set_to_none=True), minus its per-call overhead
                     p.grad = None
                 loss.backward()
-                distributed.average_gradients(params)  # torchrun: one all-reduce; nothing in one process
+                # torchrun: one all-reduce, each rank's gradient weighted by its samples; nothing in one process
+                distributed.average_gradients(params, samples=len(mb.advantages))
                 clip_grad_norm(params, cfg.max_grad_norm)
                 optimizer_step(self.optimizer)
 
                 history += [losses.policy_loss.detach(), losses.value_loss.detach(), losses.entropy_loss.detach(),
                             losses.approx_kl, losses.clipfrac, *custom_values]
-            # torchrun: the processes compare their mean approx_kl, so that they stop at the same epoch
-            if cfg.target_kl is not None and distributed.mean_over_ranks(losses.approx_kl) > cfg.target_kl:
+                counts.append(len(mb.advantages))
+            # torchrun: the processes compare approx_kl over all their samples, so that they stop at the same epoch
+            if cfg.target_kl is not None and float(distributed.weighted_mean(
+                    losses.approx_kl.view(1), torch.tensor([counts[-1]]))) > cfg.target_kl:
                 break
 
-        means = distributed.mean_over_ranks(torch.stack(history).view(-1, len(names)).mean(0))
+        # per minibatch, the terms' means over all processes' samples (torchrun); then the mean over minibatches
+        means = distributed.weighted_mean(torch.stack(history).view(-1, len(names)), torch.tensor(counts)).mean(0)
         stats = dict(zip(names, means.tolist()))
         if segmented:
             batch = batch.valid_steps()

@@ -1,7 +1,7 @@
 """Run setup and the functional training loop.
 
-The helpers (device, seeding, optimiser, learning-rate schedule, run directory, checkpoint
-save/restore, signal handling) are shared by train.py's explicit loop and by
+The helpers (device, seeding, optimiser, learning-rate schedule, run directory, signal handling;
+resume.py: config files, checkpoint save/restore) are shared by train.py's explicit loop and by
 `functional_training_loop`, which runs the same epoch as a replaceable `step_fn`:
 
     state = functional_training_loop(config, config.ppo, policy, curriculum, policy_store,
@@ -11,9 +11,8 @@ A test trains with both and checks that they end with identical parameters.
 
 Under torchrun both loops run on every process, unchanged: `join_process_group` starts the
 process, each rank seeds its own RNG and environments (`rank_seed`), the ranks start from rank 0's
-weights, and the helpers here share what must be shared: the run directory's name, the checkpoint
-(rank 0 writes it with every rank's RNG state; on resume rank 0 reads it and every rank restores
-it), the decision to stop. Rank 0 alone evaluates and writes files (log.py: and logs, to wandb too).
+weights, and the helpers share what must be shared: the run directory's name, the checkpoint
+(resume.py), the decision to stop. Rank 0 alone evaluates and writes files (log.py: and logs, to wandb too).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from cleanmetta import distributed
-from cleanmetta.checkpoint import CheckpointError, PolicyStore, TrainingCheckpointer, rng_state, set_rng_state
+from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer
 from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import ConfigError, PPOConfig, TrainerConfig, TrainingConfig
 from cleanmetta.curriculum import Curriculum
@@ -42,6 +41,7 @@ from cleanmetta.log import StatsLogger, start_wandb
 from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.ppo import CustomLoss, PPOOptimizer
+from cleanmetta.resume import finished, restore_checkpoint, save_checkpoint
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,12 +55,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-RANK_SEED_STRIDE = 1_000_003  # rank r seeds with seed + r * stride: apart from rank 0's envs seed, seed + 1, ...
-
-
 def rank_seed(config: TrainingConfig) -> int:
     """This process's seed: config.seed on rank 0 (and without torchrun), a different one per rank."""
-    return config.seed + RANK_SEED_STRIDE * distributed.rank()
+    return distributed.seed_for_rank(config.seed)
 
 
 def join_process_group(config: TrainingConfig) -> torch.device:
@@ -111,7 +108,12 @@ def learning_rate_at(trainer: TrainerConfig, epoch: int, num_epochs: int) -> flo
 
 
 def run_dir_for(config: TrainingConfig) -> str:
-    name = config.experiment_name or f"{re.sub(r'[/:]', '-', config.env.id)}__{config.seed}__{int(time.time())}"
+    """RUN_ROOT/experiment_name; without a name, ENV__SEED__<start time>, or under torchrun
+    ENV__SEED__<torchrun's run id> when it has one (--standalone always does), so that a group
+    restarted by `torchrun --max-restarts` finds the same directory and resumes it."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none") if distributed.launched_by_torchrun() else "none"
+    stamp = run_id[:8] if run_id not in ("", "none") else str(int(time.time()))
+    name = config.experiment_name or f"{re.sub(r'[/:]', '-', config.env.id)}__{config.seed}__{stamp}"
     return distributed.broadcast_object(os.path.join(config.log.run_root, name))  # torchrun: rank 0's clock
 
 
@@ -119,81 +121,6 @@ def num_epochs_for(config: TrainingConfig, experience: Experience) -> int:
     """Epochs needed to reach trainer.total_timesteps agent steps over all processes (the last epoch
     may overshoot)."""
     return math.ceil(config.trainer.total_timesteps / (experience.batch_size * distributed.world_size()))
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------
-
-def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
-                    epoch: int, agent_steps: int, scores: dict[str, float] | None = None,
-                    reward_scaler: RewardScaler | None = None) -> None:
-    """Policy first, then the trainer state that points at it: a crash between the two leaves the
-    previous trainer state, whose policy file is still there. Under torchrun every rank calls this
-    and rank 0 writes, with every rank's RNG state."""
-    extra = {"reward_scaler": reward_scaler.state_dict()} if reward_scaler is not None else {}
-    if distributed.world_size() > 1:
-        extra.update(world_size=distributed.world_size(), rank_rng=distributed.all_gather_objects(rng_state()))
-    if not distributed.is_main():
-        return
-    checkpointer.save_policy(policy, epoch, {"agent_steps": agent_steps, "scores": scores or {}})
-    checkpointer.save_trainer_state(agent_steps, epoch, optimizer.state_dict(), checkpointer.checkpoint_dir,
-                                    config=config.to_dict(), **extra)
-
-
-def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
-                       vecenv, reward_scaler: RewardScaler | None = None) -> tuple[int, int]:
-    """Load the run directory's last checkpoint into policy, optimizer (and reward scaler); return
-    (epoch, agent_steps).
-
-    Returns (0, 0) when there is none or checkpoint.resume is off. Environments cannot be saved,
-    so episodes in flight at the checkpoint restart: the envs are reseeded from (seed, epoch).
-    Under torchrun rank 0 reads the checkpoint (the other ranks' machines may not see its files)
-    and sends it to every rank; each restores the same policy and optimizer and its own RNG state.
-    """
-    state = None
-    if config.checkpoint.resume and distributed.is_main():
-        try:
-            state = read_checkpoint(checkpointer, config, vecenv)
-        except (ConfigError, CheckpointError) as err:  # torchrun: every rank stops with rank 0's message
-            state = err
-    state = distributed.broadcast_object(state)
-    if isinstance(state, Exception):
-        raise state
-    if state is None:
-        return 0, 0
-    policy.load_state_dict(state["policy_state"])
-    optimizer.load_state_dict(state["optimizer_state"])
-    if reward_scaler is not None:
-        if "reward_scaler" not in state:
-            raise ConfigError(f"{checkpointer.checkpoint_dir} was trained without ppo.normalize_reward; resume it "
-                              "without the flag, or pass --checkpoint.no-resume to start over")
-        reward_scaler.load_state_dict(state["reward_scaler"])
-    set_rng_state(state["rank_rng"][distributed.rank()] if "rank_rng" in state else state["rng"])
-    vecenv.reset(seed=rank_seed(config) + 104_729 * state["epoch"])
-    if distributed.is_main():
-        print(f"resumed {checkpointer.checkpoint_dir} at epoch {state['epoch']}, {state['agent_step']:,} agent "
-              f"steps", flush=True)
-    return state["epoch"], state["agent_step"]
-
-
-def read_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, vecenv) -> dict[str, Any] | None:
-    """The run directory's trainer state with its policy's weights (`policy_state`), checked against
-    this run's config and number of processes; None when there is none."""
-    state = checkpointer.load_trainer_state(checkpointer.checkpoint_dir)
-    if state is None:
-        return None
-    saved, current = state["config"], config.to_dict()
-    for section in ("env", "agent"):
-        if saved[section] != current[section]:
-            raise ConfigError(f"{checkpointer.checkpoint_dir} holds a run with {section}={saved[section]}, not "
-                              f"{current[section]}; pick another --experiment-name, or pass "
-                              "--checkpoint.no-resume to start over in this directory")
-    saved_world = state.get("world_size", 1)
-    if saved_world != distributed.world_size():
-        raise ConfigError(f"{checkpointer.checkpoint_dir} was trained by {saved_world} process(es), this run has "
-                          f"{distributed.world_size()}: resume it with torchrun --nproc_per_node {saved_world} (or "
-                          f"without torchrun for 1), or pass --checkpoint.no-resume to start over")
-    state["policy_state"] = checkpointer.load_policy(state, vecenv).policy.state_dict()
-    return state
 
 
 class StopOnSignal:
@@ -284,7 +211,7 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
     distributed.broadcast_module(policy)
     run_dir = run_dir_for(config)
     optimizer = optimizer or make_optimizer(policy, config.trainer, device)
-    checkpointer = TrainingCheckpointer(run_dir, policy_store or PolicyStore(run_dir))
+    checkpointer = TrainingCheckpointer(run_dir, policy_store or PolicyStore(run_dir), keep=config.checkpoint.keep)
     reward_scaler = make_reward_scaler(config, vecenv)
     evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic,
                                 video_dir(run_dir) if config.evaluation.video else None)
@@ -380,7 +307,9 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
     components = create_training_components(config, ppo_config, policy, vecenv, experience, policy_store,
                                             custom_losses)
     state = TrainingState(epoch=components.start_epoch, agent_steps=components.start_agent_steps,
-                          num_epochs=num_epochs_for(config, experience))
+                          num_epochs=num_epochs_for(config, experience),
+                          checkpoint_epoch=components.start_epoch or None)  # a resumed run's checkpoint is on disk
+    finished(components.checkpointer.checkpoint_dir, state.epoch, state.agent_steps, state.num_epochs)  # says so
     with state.stop:
         while state.epoch < state.num_epochs and not state.stop.requested:
             step_fn(state, components, config, experience)

@@ -121,12 +121,13 @@ def test_trainer_state_round_trip_restores_optimizer_counters_and_rng(tmp_path):
     policy(torch.randn(8, 4))[1].sum().backward()
     optimizer.step()
     checkpointer = TrainingCheckpointer(str(tmp_path))
+    checkpointer.save_policy(policy, 7)
     torch.manual_seed(5), np.random.seed(5), random.seed(5)
-    checkpointer.save_trainer_state(1234, 7, optimizer.state_dict(), str(tmp_path), policy_uri="x.pt")
+    checkpointer.save_trainer_state(1234, 7, optimizer.state_dict(), str(tmp_path))
     expected = (torch.rand(3), np.random.rand(3), random.random())
 
     state = checkpointer.load_trainer_state(str(tmp_path))
-    assert (state["agent_step"], state["epoch"], state["policy_uri"]) == (1234, 7, "x.pt")
+    assert (state["agent_step"], state["epoch"], state["policy_uri"]) == (1234, 7, "policies/policy_000007.pt")
     fresh = torch.optim.Adam(make(seed=9).parameters(), lr=1e-3)
     fresh.load_state_dict(state["optimizer_state"])
     for a, b in zip(optimizer.state.values(), fresh.state.values()):
@@ -137,6 +138,9 @@ def test_trainer_state_round_trip_restores_optimizer_counters_and_rng(tmp_path):
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
     assert checkpointer.load_trainer_state(str(tmp_path / "empty")) is None
+    # a trainer state whose policy never reached policies.json (a kill in between) is not in force
+    checkpointer.save_trainer_state(1300, 8, optimizer.state_dict(), str(tmp_path), policy_uri="policies/x.pt")
+    assert checkpointer.load_trainer_state(str(tmp_path))["epoch"] == 7
 
 
 def test_load_policy_checks_the_env_spaces(tmp_path):
@@ -151,3 +155,22 @@ def test_load_policy_checks_the_env_spaces(tmp_path):
 
     with pytest.raises(CheckpointError, match="saved for .* Discrete\\(2\\).* but the env has .*Discrete\\(5\\)"):
         checkpointer.load_policy(state, OtherEnv())
+
+
+def test_checkpoints_keep_the_newest_trainer_states_and_every_policy(tmp_path):
+    from cleanmetta.checkpoint import inconsistencies, trainer_state_paths
+    from cleanmetta.config import ConfigError, TrainingConfig
+
+    policy = make()
+    checkpointer = TrainingCheckpointer(str(tmp_path), keep=2)
+    for epoch in (1, 2, 3, 4):
+        checkpointer.save_checkpoint(policy, epoch, 100 * epoch, {})
+    assert [os.path.basename(p) for p in trainer_state_paths(str(tmp_path))] == [
+        "trainer_state_000004.pt", "trainer_state_000003.pt"]
+    assert [r.epoch for r in PolicyStore(str(tmp_path)).records()] == [1, 2, 3, 4]
+    assert checkpointer.load_trainer_state(str(tmp_path))["policy_uri"] == "policies/policy_000004.pt"
+    assert inconsistencies(str(tmp_path)) == []
+    config = TrainingConfig()
+    config.checkpoint.keep = 0
+    with pytest.raises(ConfigError, match="checkpoint.keep=0 must be >= 1"):
+        config.validate()

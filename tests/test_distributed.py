@@ -21,7 +21,9 @@ from gymnasium import spaces
 
 import train
 from cleanmetta import distributed
-from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer, rng_state
+from cleanmetta.checkpoint import (PolicyStore, TrainingCheckpointer, inconsistencies, rng_state, trainer_state_path,
+                                   trainer_state_paths)
+from cleanmetta.checkpoint import save_checkpoint as save_checkpoint_file
 from cleanmetta.config import AgentConfig, ConfigError, PPOConfig, TrainerConfig, small_fast_config
 from cleanmetta.curriculum import make_curriculum
 from cleanmetta.envs import make_vecenv
@@ -29,7 +31,8 @@ from cleanmetta.experience import Experience
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
-from cleanmetta.trainer import functional_training_loop, make_optimizer, restore_checkpoint, save_checkpoint
+from cleanmetta.resume import restore_checkpoint, save_checkpoint
+from cleanmetta.trainer import functional_training_loop, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBS = spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -56,14 +59,17 @@ def _join_and_run(rank, port, worker, args):
     distributed.init(torch.device("cpu"), timeout_s=60)
     try:
         worker(rank, *args)
-    finally:
-        distributed.close()
+    except BaseException as err:  # the other process stops at once, with this message (no barrier to wait in)
+        distributed.report_failure(err)
+        raise
+    distributed.close()
 
 
-def fixed_experience(agents: slice, normalize_obs: bool = False, lstm_size: int = 0
+def fixed_experience(agents: slice, normalize_obs: bool = False, lstm_size: int = 0, unequal: bool = False
                      ) -> tuple[torch.nn.Module, Experience]:
     """The same policy everywhere, and the columns `agents` of one fixed rollout [T, B] (with an LSTM:
-    segments of T / 2 steps, episode starts, autoreset steps and segment start states)."""
+    segments of T / 2 steps, episode starts, autoreset steps and segment start states). `unequal`:
+    the last agent's first 7 steps are autoreset steps, so the second process has fewer valid samples."""
     g = torch.Generator().manual_seed(0)
     full = {"obs": torch.randn(T, B, 4, generator=g), "actions": torch.randint(0, 3, (T, B, 1), generator=g),
             "logprobs": torch.randn(T, B, generator=g) * 0.1 - 1.1, "values": torch.randn(T, B, generator=g),
@@ -80,6 +86,9 @@ def fixed_experience(agents: slice, normalize_obs: bool = False, lstm_size: int 
                          spaces.Discrete(3))
     exp = Experience(T, len(range(B)[agents]), OBS, spaces.Discrete(3), lstm_size=lstm_size, bptt_horizon=T // 2)
     exp.valid.fill_(1.0)
+    if unequal:
+        full["valid"] = torch.ones(T, B)
+        full["valid"][:7, B - 1] = 0.0
     for name, value in full.items():
         getattr(exp, name).copy_(value[..., agents, :] if value.dim() == 3 else value[..., agents])
     exp.terminals.copy_(exp.dones)
@@ -92,22 +101,26 @@ def update(policy, exp, **ppo) -> tuple[dict, torch.optim.Optimizer]:
     return stats, optimizer
 
 
-def _update_worker(rank, out_dir, ppo, lstm_size=0):
-    policy, exp = fixed_experience(slice(2 * rank, 2 * rank + 2), normalize_obs=True, lstm_size=lstm_size)
+def _update_worker(rank, out_dir, ppo, lstm_size=0, unequal=False):
+    policy, exp = fixed_experience(slice(2 * rank, 2 * rank + 2), normalize_obs=True, lstm_size=lstm_size,
+                                   unequal=unequal)
     torch.manual_seed(rank)  # different shuffles on each rank: one minibatch per epoch must not care
     stats, optimizer = update(policy, exp, **ppo)
     torch.save({"params": policy.state_dict(), "optimizer": optimizer.state_dict(), "stats": stats},
                os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-@pytest.mark.parametrize("lstm_size, vtrace", [(0, False), (8, False), (0, True)],
-                         ids=["feedforward", "lstm", "vtrace"])
-def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path, lstm_size, vtrace):
+@pytest.mark.parametrize("lstm_size, vtrace, unequal", [(0, False, False), (0, False, True), (8, False, False),
+                                                     (0, True, False)],
+                         ids=["feedforward", "unequal-valid-steps", "lstm", "vtrace"])
+def test_an_update_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path, lstm_size, vtrace, unequal):
     ppo = dict(num_minibatches=1, update_epochs=3, vtrace=vtrace)  # V-trace: advantages normalised per minibatch
-    spawn(_update_worker, str(tmp_path), ppo, lstm_size)
+    spawn(_update_worker, str(tmp_path), ppo, lstm_size, unequal)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
-    policy, exp = fixed_experience(slice(0, B), normalize_obs=True, lstm_size=lstm_size)
+    policy, exp = fixed_experience(slice(0, B), normalize_obs=True, lstm_size=lstm_size, unequal=unequal)
+    if unequal:  # 32 valid samples on the first process, 25 on the second
+        assert [int(exp.valid[:, 2 * r:2 * r + 2].sum()) for r in range(2)] == [32, 25]
     if lstm_size:  # segments with episode starts and masked steps inside, LSTM state included
         assert exp.first[1:T // 2].any() and (exp.valid == 0).any() and "lstm.weight_hh_l0" in policy.state_dict()
     stats, optimizer = update(policy, exp, **ppo)
@@ -211,7 +224,7 @@ def test_resume_gives_every_process_rank_0s_checkpoint_and_its_own_rng(tmp_path)
         assert torch.equal(first["params"][name], saved) and torch.equal(second["params"][name], saved), name
     for key, state in first["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], second["optimizer"]["state"][key]["exp_avg"])
-    saved = torch.load(tmp_path / "trainer_state.pt", weights_only=True)
+    saved = torch.load(trainer_state_paths(str(tmp_path))[0], weights_only=True)
     assert saved["world_size"] == 2 and len(saved["rank_rng"]) == 2
 
 
@@ -225,14 +238,52 @@ def test_a_single_process_refuses_to_resume_a_two_process_run(tmp_path):
         train.main(config)
 
 
+def _no_shared_files_worker(rank, run_root, resume):
+    run_dir = os.path.join(run_root, "run")
+    argv = ["--preset", "small_fast", "--log.run-root", run_root, "--experiment-name", "run", "--log.no-tensorboard",
+            "--trainer.total-timesteps", str(1024 * 2), "--checkpoint.interval", "1"]
+    if resume:  # rank 1 stands on a machine without the run directory: reading anything in it fails
+        argv = ["--resume", run_dir, "--trainer.total-timesteps", str(1024 * 4), "--ppo.custom-losses", "kickstart",
+                "--ppo.kickstart-teacher", run_dir]
+        if rank == 1:
+            import builtins
+            real_open = builtins.open
+
+            def local_open(path, *args, **kwargs):
+                if str(path).startswith(run_root):
+                    raise FileNotFoundError(f"rank 1 cannot see {path}")
+                return real_open(path, *args, **kwargs)
+
+            builtins.open = local_open
+            real_load = torch.load
+
+            def local_load(f, *args, **kwargs):  # (broadcast objects' tensors come through torch.load too)
+                if str(f).startswith(run_root):
+                    raise FileNotFoundError(f"rank 1 cannot see {f}")
+                return real_load(f, *args, **kwargs)
+
+            torch.load = local_load
+    result = train.main(train.parse_config(argv))
+    assert result["epoch"] == (4 if resume else 2)
+
+
+def test_resume_and_a_kickstart_teacher_need_no_run_files_on_the_other_ranks(tmp_path):
+    spawn(_no_shared_files_worker, str(tmp_path), False)
+    spawn(_no_shared_files_worker, str(tmp_path), True)  # rank 0 reads config, checkpoint and teacher, and sends them
+    assert [r.epoch for r in PolicyStore(str(tmp_path / "run")).records()] == [1, 2, 3, 4]
+
+
 # ---- run-level: torchrun on train.py -------------------------------------------------------------
 
-def torchrun(run_root, *flags, nproc=2):
+def torchrun(run_root, *flags, nproc=2, fault=None, launcher=(), name=("--experiment-name", "run")):
+    """torchrun on train.py (with `fault`: on tests/fault_train.py, which injects it; `launcher`:
+    more torchrun flags)."""
+    script = ["tests/fault_train.py"] if fault else ["train.py"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "train.py", "--preset", "small_fast", "--log.run-root", run_root, "--experiment-name", "run",
+               *launcher, *script, "--preset", "small_fast", "--log.run-root", run_root, *name,
                "--log.no-tensorboard", "--log.console-interval", "0", "--distributed-timeout", "60", *flags]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"CLEANMETTA_FAULT": fault} if fault else {})}
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def read_episodes(run_dir):
@@ -292,7 +343,7 @@ def test_sigterm_to_one_process_stops_both_at_one_epoch_with_a_checkpoint(tmp_ru
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "SIGTERM: finishing this epoch" in out
-    epoch = torch.load(os.path.join(run_dir, "trainer_state.pt"), weights_only=True)["epoch"]
+    epoch = torch.load(trainer_state_paths(run_dir)[0], weights_only=True)["epoch"]
     with open(os.path.join(run_dir, "summary.json")) as f:
         assert json.load(f)["agent_steps"] == epoch * 1024
 
@@ -309,3 +360,43 @@ def test_a_process_killed_makes_the_other_exit_with_an_error(tmp_run_root):
     assert process.returncode != 0
     assert time.monotonic() - start < 60
     assert "error: rank 0 of 2: " in err and "another rank has probably died" in err, err
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("nan:1:3", "rank 1: FloatingPointError: PPO loss is not finite"),
+    ("eval:0", "rank 0: RuntimeError: injected evaluation failure"),
+    ("foreign", "not a trainer state this version of cleanmetta can resume"),
+    # rank 0 is in a two-minute evaluation when rank 1 fails: the watcher thread ends it
+    ("log:1:2,sleep-eval:0", "rank 1: RuntimeError: injected logging failure"),
+])
+def test_a_failure_on_one_rank_ends_every_rank_within_seconds_with_its_message(tmp_run_root, fault, message):
+    run_dir = os.path.join(tmp_run_root, "run")
+    flags = ["--trainer.total-timesteps", "100000000", "--evaluation.interval", "2"]
+    if fault == "foreign":  # a trainer state in the cleanmetta format, but not one cleanmetta wrote
+        save_checkpoint_file({"epoch": 3, "agent_step": 10}, trainer_state_path(run_dir, 3), "trainer_state")
+    start = time.monotonic()
+    process = torchrun(tmp_run_root, *flags, fault=None if fault == "foreign" else fault)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert time.monotonic() - start < 30 + 10  # 10 s to start two processes and their envs
+    if fault == "foreign":
+        assert err.count(message) == 2, err  # rank 0 read it; both ranks stop with its error
+    else:
+        assert "error: rank " in err and f"stopped because {message}" in err, err  # the other rank says why
+        assert message.split(": ")[-1] in err.replace(f"stopped because {message}", ""), err  # and the failing one
+    assert inconsistencies(run_dir) == [] or fault == "foreign"
+
+
+def test_torchrun_max_restarts_continues_the_same_run_from_its_last_checkpoint(tmp_run_root):
+    # No --experiment-name: the run directory's name comes from torchrun's run id, the same after a restart.
+    process = torchrun(tmp_run_root, "--trainer.total-timesteps", str(1024 * 10), "--checkpoint.interval", "2",
+                       fault="kill:1:5", launcher=["--max-restarts", "1"], name=())
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err
+    (run_name,) = os.listdir(tmp_run_root)  # one directory, no run.old-N
+    run_dir = os.path.join(tmp_run_root, run_name)
+    assert f"resumed {run_dir} at epoch 4, 4,096 agent steps" in out  # rank 1 died in epoch 5's update
+    assert [r.epoch for r in PolicyStore(run_dir).records()] == [2, 4, 6, 8, 10]
+    assert inconsistencies(run_dir) == []
+    steps = [int(row[0]) for row in read_episodes(run_dir)[1:]]
+    assert steps == sorted(steps) and steps[-1] == 10 * 1024

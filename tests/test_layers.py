@@ -14,8 +14,8 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [  # bottom first
-    ["config", "distributed", "spaces"],                   # 1 plain dataclasses, presets; the process group;
-                                                           #   spaces and how observations are stored
+    ["config", "distributed", "spaces", "files"],          # 1 plain dataclasses, presets; the process group;
+                                                           #   spaces and how observations are stored; atomic files
     ["curriculum", "normalize", "experience", "workers", "video"],  # 2 tasks, running statistics, buffers,
                                                            #   env worker processes, mp4 files
     ["mettagrid_env", "atari"],                            # 3 the optional MettaGrid and Atari vector envs
@@ -23,8 +23,9 @@ FLOORS = [  # bottom first
     ["policy"],                                            # 5 networks
     ["collector", "ppo"],                                  # 6 rollout, PPO update
     ["checkpoint", "log"],                                 # 7 files on disk, metrics
-    ["evaluate", "plot", "losses"],                        # 8 scoring (its CLI reads the policy store); curves;
-                                                           #   custom losses (kickstart loads a teacher policy)
+    ["evaluate", "plot", "losses", "resume"],              # 8 scoring (its CLI reads the policy store); curves;
+                                                           #   custom losses (kickstart loads a teacher policy);
+                                                           #   config files, checkpoints saved and restored
     ["trainer", "__init__"],                               # 9 run setup and the functional loop; public names
     ["train", "examples"],                                 # 10 the training script, examples
     ["benchmarks"],                                        # 11 measure train.py and the components

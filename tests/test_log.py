@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from cleanmetta.log import StatsLogger
 
@@ -42,3 +43,33 @@ def test_a_resumed_logger_restores_the_last_20_returns_and_drops_episodes_past_i
         rows = f.read().splitlines()
     assert rows[0] == "agent_steps,seconds,return,length"
     assert [int(row.split(",")[0]) for row in rows[1:]] == [10 * step for step in range(1, 26)] + [260]
+
+
+def test_config_and_summary_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from cleanmetta import files
+    from cleanmetta.config import TrainingConfig
+
+    logger = StatsLogger(str(tmp_path), TrainingConfig(seed=1), tensorboard=False)
+    logger.close()
+    before = {name: (tmp_path / name).read_text() for name in ("config.json", "summary.json")}
+
+    def killed(src, dst):  # the process dies after writing the new contents, before the rename
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(files.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        StatsLogger(str(tmp_path), TrainingConfig(seed=2), tensorboard=False)
+    logger = StatsLogger(str(tmp_path), None, tensorboard=False, start_step=0)
+    with pytest.raises(KeyboardInterrupt):
+        logger.close()
+    assert {name: (tmp_path / name).read_text() for name in before} == before
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_episodes_reach_the_file_every_epoch(tmp_path):
+    logger = StatsLogger(str(tmp_path), None, tensorboard=False)
+    stats = {"episodic_return": np.array([3.0, 4.0]), "episodic_length": np.array([3, 4])}
+    logger.log_epoch(512, stats, {}, 1e-3)
+    with open(tmp_path / "episodes.csv") as f:  # read while the logger is open: a kill now loses nothing
+        rows = [line.split(",") for line in f.read().splitlines()[1:]]
+    assert [(row[0], row[2], row[3]) for row in rows] == [("512", "3", "3"), ("512", "4", "4")]

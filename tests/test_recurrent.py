@@ -265,7 +265,7 @@ BEFORE_LSTM = {
             0.302925, 0.005991],
     "continuous": [0.012855, 15.687065, 4076.0001, -0.005215, -1.553383, -0.058759, 8.41639, -0.118129, 0.051911,
                    -0.010522, 0.486661, -0.075805, -8.186761, -0.129818, 0.60257, -0.031136],  # normalize_obs, Box
-    # re-pinned when MettaGrid simulations got a generator each (env workers, issue 14): other maps, same code path
+    # re-pinned when MettaGrid simulations got a generator each (when env workers came): other maps, same code path
     "token": [102.251574, 9.240129, 0.001508, 0.058131, -0.002146, -10.185183, 0.001198, -0.295126, 0.001331],
     "cnn": [4.413022, 0.0, 16.614216, 0.0, -5.402868, 0.0, -0.00415, 0.0, 0.084073, 0.0, 0.052487, -1.42874],
 }

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 
 import pytest
 
@@ -28,8 +29,18 @@ BLOCK = 32 * 1024
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def wandb_records(path: str) -> list:
-    """Every Record in an offline run's .wandb file, in order."""
+def wandb_records(path: str, timeout: float = 30.0) -> list:
+    """Every Record in an offline run's .wandb file, in order: once the file ends with the run's exit
+    record (wandb's service process may still be writing it when run.finish() has returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+def read_records(path: str) -> list:
     from wandb.proto import wandb_internal_pb2
 
     with open(path, "rb") as f:
@@ -158,9 +169,9 @@ def test_a_fresh_start_in_the_same_directory_is_a_new_wandb_run(tmp_path, offlin
     restart = wandb_config(str(tmp_path), steps=512 * 2)
     restart.checkpoint.resume = False
     train.main(restart)
-    ids = {r.run.run_id for path in offline_runs(run_dir) for r in wandb_records(path)
-           if r.WhichOneof("record_type") == "run"}
-    assert len(ids) == 2
+    ids = [{r.run.run_id for path in offline_runs(directory) for r in wandb_records(path)
+            if r.WhichOneof("record_type") == "run"} for directory in (run_dir, run_dir + ".old-1")]
+    assert len(ids[0]) == len(ids[1]) == 1 and ids[0] != ids[1]  # the first run's files were moved aside
 
 
 def test_only_rank_0_talks_to_wandb(tmp_path, monkeypatch):
