@@ -38,8 +38,9 @@ from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
 from cleanmetta.spaces import UnsupportedEnvError
 from cleanmetta.resume import config_file_base, finished, restore_checkpoint, resume_base, save_checkpoint
-from cleanmetta.trainer import (StopOnSignal, evaluate_and_log, join_process_group, learning_rate_at, make_optimizer,
-                                make_reward_scaler, num_epochs_for, rank_seed, run_dir_for, seed_everything)
+from cleanmetta.trainer import (StopOnSignal, announce, evaluate_and_log, join_process_group, learning_rate_at,
+                                make_optimizer, make_reward_scaler, num_epochs_for, planned_steps, rank_seed,
+                                run_dir_for, seed_everything)
 
 
 def main(config: TrainingConfig) -> dict:
@@ -73,7 +74,8 @@ def main(config: TrainingConfig) -> dict:
     collector = RolloutCollector(vecenv, policy, experience, device, reward_scaler)
     ppo = PPOOptimizer(policy, optimizer, device, config.ppo)
     custom_losses = make_custom_losses(config.ppo, vecenv, device)  # by name; kickstart loads its teacher here
-    logger = StatsLogger(run_dir, config, config.trainer.total_timesteps, config.log.tensorboard,
+    announce(run_dir, config, experience)  # the run directory, and the budget in whole rollouts
+    logger = StatsLogger(run_dir, config, planned_steps(config, experience), config.log.tensorboard,
                          config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run)
 
     # Train.
@@ -103,16 +105,29 @@ def main(config: TrainingConfig) -> dict:
     return {"run_dir": run_dir, "policy": policy, "epoch": epoch, **logger.summary()}
 
 
+BASES = {  # read before the other flags, in this order; each replaces the base config
+    "--preset": "NAME   a named preset: " + ", ".join(sorted(PRESETS)),
+    "--config": "FILE   a YAML or JSON config file (the layout: examples/config.yaml)",
+    "--resume": "RUN    continue the run in directory RUN from its last checkpoint",
+}
+
+
 def parse_config(argv: list[str]) -> TrainingConfig:
-    """Flags on top of a base: --preset NAME, --config FILE, or the config saved in --resume RUN_DIR."""
-    base, resume_dir = TrainingConfig(), None
-    for flag in ("--preset", "--config", "--resume"):
-        if flag not in argv:
+    """Flags on top of a base: --preset NAME, --config FILE, or the config saved in --resume RUN_DIR
+    (as `--preset NAME` or `--preset=NAME`)."""
+    base, resume_dir, given, rest = TrainingConfig(), None, {}, []
+    args = iter(argv)
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        if flag not in BASES:
+            rest.append(arg)
             continue
-        i = argv.index(flag)
-        if i + 1 >= len(argv):
-            raise ConfigError(f"{flag} needs a value")
-        value, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+        value = value if equals else next(args, None)
+        if value is None:
+            raise ConfigError(f"{flag} needs a value: {flag} {BASES[flag].split()[0]}")
+        given[flag] = value
+    argv = rest
+    for flag, value in sorted(given.items(), key=lambda item: list(BASES).index(item[0])):
         if flag == "--preset":
             if value not in PRESETS:
                 raise ConfigError(f"--preset {value!r} is not a preset; choose one of {sorted(PRESETS)}")
@@ -122,8 +137,9 @@ def parse_config(argv: list[str]) -> TrainingConfig:
         else:
             resume_dir = value.rstrip("/")
             base = resume_base(resume_dir)  # RUN/config.json (torchrun: on rank 0 only)
+    bases = "\n".join(f"  {flag} {text}" for flag, text in BASES.items())
     config = tyro.cli(TrainingConfig, default=base, args=argv, description=__doc__.split("\n\n")[0]
-                      + " --preset NAME, --config FILE and --resume RUN_DIR are read first; flags override them.")
+                      + f"\n\nRead first (the flags below override them):\n{bases}")
     if resume_dir is not None:  # the run directory is what --resume names
         config.log.run_root, config.experiment_name = os.path.split(os.path.abspath(resume_dir))
         config.checkpoint.resume = True
@@ -133,6 +149,9 @@ def parse_config(argv: list[str]) -> TrainingConfig:
 if __name__ == "__main__":
     try:
         main(parse_config(sys.argv[1:]))
+    except BrokenPipeError:  # e.g. python train.py --help | head: the reader left; so do we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except (Exception, KeyboardInterrupt) as err:
         distributed.report_failure(err)  # torchrun: the other ranks stop within seconds, with this message
         if isinstance(err, (ConfigError, UnsupportedEnvError, CheckpointError, FileNotFoundError,

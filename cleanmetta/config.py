@@ -272,7 +272,7 @@ class TrainingConfig:
 
     @property
     def total_timesteps(self) -> int:
-        """Shortcut for trainer.total_timesteps (the seed's loops read config.total_timesteps)."""
+        """Shortcut for trainer.total_timesteps (the loops in Metta's README read config.total_timesteps)."""
         return self.trainer.total_timesteps
 
     @classmethod
@@ -289,7 +289,14 @@ class TrainingConfig:
     def from_yaml(cls, path: str) -> TrainingConfig:
         """Read a YAML (or JSON) file, e.g. a run directory's config.json."""
         with open(path) as f:
-            data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+            try:
+                data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f"{path}:{mark.line + 1}" if mark is not None else path
+                raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -495,11 +502,15 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
         return None if value is None else _coerce(value, next(a for a in args if a is not type(None)), name)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+    if kind in (float, int) and isinstance(value, str):  # YAML 1.1 reads 1e-5 and 2e4 (no dot) as strings
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if kind is int and isinstance(value, float) and value.is_integer():  # 2e4, 20000.0: exactly an int
+        return int(value)
+    if kind is float and isinstance(value, float):
+        return value
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{name}={value!r} must be of type {kind.__name__}")
     return value

@@ -284,18 +284,23 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
         raise ConfigError(f"env.vectorization='native' but {task.name} has no native vector env (or the curriculum "
                           "has several tasks, or env.wrappers wrap each env); use 'sync' or 'async'")
     next_step = {"autoreset_mode": AutoresetMode.NEXT_STEP}
-    if record_dir is not None:
-        env_fns = ([lambda: make_env(curriculum, "rgb_array", wrappers)]
-                   + [lambda: make_env(curriculum, None, wrappers)] * (env_config.num_envs - 1))
-        vecenv = gym.vector.SyncVectorEnv(env_fns, **next_step)
-    elif len(curriculum.tasks) > 1:
-        vector_class = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
-        vecenv = vector_class([lambda: CurriculumEnv(curriculum, None, wrappers)] * env_config.num_envs, **next_step)
-    elif mode == "native":
-        vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode="vector_entry_point", **task.kwargs)
-    else:
-        vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode=mode, vector_kwargs=next_step,
-                              wrappers=wrappers, **task.kwargs)
+    try:  # the env's own imports run here (MuJoCo, Box2D, ...)
+        if record_dir is not None:
+            env_fns = ([lambda: make_env(curriculum, "rgb_array", wrappers)]
+                       + [lambda: make_env(curriculum, None, wrappers)] * (env_config.num_envs - 1))
+            vecenv = gym.vector.SyncVectorEnv(env_fns, **next_step)
+        elif len(curriculum.tasks) > 1:
+            vector_class = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
+            vecenv = vector_class([lambda: CurriculumEnv(curriculum, None, wrappers)] * env_config.num_envs,
+                                  **next_step)
+        elif mode == "native":
+            vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode="vector_entry_point",
+                                  **task.kwargs)
+        else:
+            vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode=mode, vector_kwargs=next_step,
+                                  wrappers=wrappers, **task.kwargs)
+    except gym.error.DependencyNotInstalled as err:
+        raise ConfigError(f"env.id={task.name!r} needs a package that is not installed: {err}") from None
     try:
         check_spaces(vecenv.single_observation_space, vecenv.single_action_space, task.name)
         check_autoreset(vecenv)

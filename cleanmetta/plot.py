@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import sys
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -85,14 +86,19 @@ def draw_curves(experiments: dict[str, list[np.ndarray]], title: str = "", windo
     matplotlib.use("Agg")  # files only, no screen needed
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    # the legend goes under both panels, one label a line when they are long: it never covers a curve,
+    # and the panels keep their width (the figure grows by the legend's lines)
+    labels = {label: textwrap.fill(label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""), 100)
+              for label, runs in experiments.items()}
+    columns = 2 if max(len(text) for text in labels.values()) <= 45 else 1
+    lines = sum(text.count("\n") + 1 for text in labels.values()) / columns
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4 + 0.22 * lines), layout="constrained")
     for label, runs in experiments.items():
         if not runs:
             raise PlotError(f"experiment {label!r} has no runs to plot")
         for ax, column in zip(axes, (0, 1)):
             x, mean, low, high = experiment_curve(runs, column, window)
-            seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
-            (line,) = ax.plot(x, mean, label=label + seeds)
+            (line,) = ax.plot(x, mean, label=labels[label])
             if len(runs) > 1:
                 ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     axes[0].set_xlabel("agent steps")
@@ -100,7 +106,7 @@ def draw_curves(experiments: dict[str, list[np.ndarray]], title: str = "", windo
     for ax in axes:
         ax.set_ylabel(f"episodic return (mean of last {window})")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=columns, fontsize="small")
     if title:
         fig.suptitle(title)
     return fig

@@ -118,9 +118,26 @@ def run_dir_for(config: TrainingConfig) -> str:
 
 
 def num_epochs_for(config: TrainingConfig, experience: Experience) -> int:
-    """Epochs needed to reach trainer.total_timesteps agent steps over all processes (the last epoch
-    may overshoot)."""
+    """Epochs needed to reach trainer.total_timesteps agent steps over all processes: the budget is
+    rounded up to whole rollouts (planned_steps)."""
     return math.ceil(config.trainer.total_timesteps / (experience.batch_size * distributed.world_size()))
+
+
+def planned_steps(config: TrainingConfig, experience: Experience) -> int:
+    """The agent steps the run will train: num_epochs_for x the agent steps of one epoch (all processes)."""
+    return num_epochs_for(config, experience) * experience.batch_size * distributed.world_size()
+
+
+def announce(run_dir: str, config: TrainingConfig, experience: Experience) -> None:
+    """Print (rank 0) where the run writes and how many steps it trains: trainer.total_timesteps,
+    rounded up to whole rollouts."""
+    if not distributed.is_main():
+        return
+    epochs, planned = num_epochs_for(config, experience), planned_steps(config, experience)
+    rounded = (f" (trainer.total_timesteps {config.trainer.total_timesteps:,} rounded up to whole rollouts)"
+               if planned != config.trainer.total_timesteps else "")
+    print(f"run directory: {run_dir} | {epochs:,} epochs x {planned // epochs:,} agent steps = {planned:,}{rounded}",
+          flush=True)
 
 
 class StopOnSignal:
@@ -220,11 +237,12 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
     if config.log.wandb_checkpoints:
         checkpointer.wandb_run = wandb_run
     losses = list(custom_losses) if custom_losses is not None else make_custom_losses(ppo_config, vecenv, device)
+    announce(run_dir, config, experience)
     return TrainingComponents(
         policy=policy, optimizer=optimizer, vecenv=vecenv,
         collector=RolloutCollector(vecenv, policy, experience, device, reward_scaler),
         ppo=PPOOptimizer(policy, optimizer, device, ppo_config),
-        logger=StatsLogger(run_dir, config, config.trainer.total_timesteps, config.log.tensorboard,
+        logger=StatsLogger(run_dir, config, planned_steps(config, experience), config.log.tensorboard,
                            config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run),
         checkpointer=checkpointer,
         evaluator=evaluator,

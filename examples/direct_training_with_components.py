@@ -47,11 +47,11 @@ def main() -> None:
             print(f"epoch {epoch + 1}: mean return of the last 20 episodes {sum(returns[-20:]) / 20:.1f}, "
                   f"value loss {losses['value_loss']:.2f}, small_logits {losses['small_logits']:.2e}")
 
-    run_dir = tempfile.mkdtemp(prefix="cleanmetta_direct_")
-    checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir))
-    record = checkpointer.save_policy(policy, epoch=60, metadata={"agent_steps": 60 * experience.batch_size})
-    scores = PolicyEvaluator([Simulation("cartpole", "CartPole-v1", episodes=10)]).evaluate(record.policy)
-    print(f"saved {record.uri}; evaluated mean return {scores['cartpole'].mean_return:.1f}")
+    with tempfile.TemporaryDirectory(prefix="cleanmetta_direct_") as run_dir:  # removed at the end
+        checkpointer = TrainingCheckpointer(run_dir, PolicyStore(run_dir))
+        record = checkpointer.save_policy(policy, epoch=60, metadata={"agent_steps": 60 * experience.batch_size})
+        scores = PolicyEvaluator([Simulation("cartpole", "CartPole-v1", episodes=10)]).evaluate(record.policy)
+        print(f"saved {record.uri}; evaluated mean return {scores['cartpole'].mean_return:.1f}")
 
 
 if __name__ == "__main__":

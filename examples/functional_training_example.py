@@ -34,29 +34,30 @@ def custom_training_step(state, components, config, experience):
 def main() -> None:
     config = small_fast_config()
     config.experiment_name = "functional_example"
-    config.log.run_root = tempfile.mkdtemp(prefix="cleanmetta_functional_")
-    config.trainer.total_timesteps = 60_000
-    config.log.console_interval = 2.0
+    with tempfile.TemporaryDirectory(prefix="cleanmetta_functional_") as run_root:  # removed at the end
+        config.log.run_root = run_root
+        config.trainer.total_timesteps = 60_000
+        config.log.console_interval = 2.0
 
-    seed_everything(config.seed)
-    curriculum = make_curriculum(config.env, config.curriculum)
-    probe = make_vecenv(config.env, config.seed, curriculum)
-    agent = make_policy(config.agent, probe.single_observation_space, probe.single_action_space)
-    probe.close()
-    policy_store = PolicyStore(os.path.join(config.log.run_root, config.experiment_name))
+        seed_everything(config.seed)
+        curriculum = make_curriculum(config.env, config.curriculum)
+        probe = make_vecenv(config.env, config.seed, curriculum)
+        agent = make_policy(config.agent, probe.single_observation_space, probe.single_action_space)
+        probe.close()
+        policy_store = PolicyStore(os.path.join(config.log.run_root, config.experiment_name))
 
-    state = functional_training_loop(
-        config=config,
-        ppo_config=config.ppo,
-        policy=agent,
-        curriculum=curriculum,
-        policy_store=policy_store,
-        step_fn=custom_training_step,
-        custom_losses=[make_curiosity_loss(0.01), make_diversity_loss(0.01)],
-    )
-    if distributed.is_main():  # torchrun: rank 0 saved the policies (into its own temporary run root)
-        print(f"trained {state.agent_steps:,} agent steps in {state.epoch} epochs; "
-              f"latest policy: {policy_store.latest().uri}")
+        state = functional_training_loop(
+            config=config,
+            ppo_config=config.ppo,
+            policy=agent,
+            curriculum=curriculum,
+            policy_store=policy_store,
+            step_fn=custom_training_step,
+            custom_losses=[make_curiosity_loss(0.01), make_diversity_loss(0.01)],
+        )
+        if distributed.is_main():  # torchrun: rank 0 saved the policies (into its own temporary run root)
+            print(f"trained {state.agent_steps:,} agent steps in {state.epoch} epochs; "
+                  f"latest policy: {policy_store.latest().uri}")
     distributed.close()  # torchrun: leave the process group (nothing to do in one process)
 
 

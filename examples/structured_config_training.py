@@ -32,25 +32,28 @@ def main() -> None:
     assert legacy.ppo.gamma == 0.98 and custom.trainer.total_timesteps == legacy.trainer.total_timesteps
 
     # ... or as a YAML file; `python train.py --config run.yaml` reads the same file.
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write("experiment_name: yaml_example\nenv:\n  num_envs: 16\ntrainer:\n  total_timesteps: 20000\n"
-                "  num_steps: 32\n  learning_rate: 1.0e-3\nppo:\n  num_minibatches: 2\n")
-    config = TrainingConfig.from_yaml(f.name)
-    config.log.run_root = tempfile.mkdtemp(prefix="cleanmetta_structured_")
-    config.log.console_interval = 1e9
-    config.validate()
-    print("config from YAML:", config.env, config.trainer, sep="\n  ")
+    with tempfile.TemporaryDirectory(prefix="cleanmetta_structured_") as run_root:  # removed at the end
+        # (examples/config.yaml shows every field with its default and meaning)
+        path = os.path.join(run_root, "run.yaml")
+        with open(path, "w") as f:
+            f.write("experiment_name: yaml_example\nenv:\n  num_envs: 16\ntrainer:\n  total_timesteps: 2e4\n"
+                    "  num_steps: 32\n  learning_rate: 1e-3\nppo:\n  num_minibatches: 2\n")
+        config = TrainingConfig.from_yaml(path)
+        config.log.run_root = run_root
+        config.log.console_interval = 1e9
+        config.validate()
+        print("config from YAML:", config.env, config.trainer, sep="\n  ")
 
-    seed_everything(config.seed)
-    curriculum = make_curriculum(config.env, config.curriculum)
-    probe = make_vecenv(config.env, config.seed, curriculum)
-    policy = make_policy(config.agent, probe.single_observation_space, probe.single_action_space)
-    probe.close()
-    run_dir = os.path.join(config.log.run_root, config.experiment_name)
-    state = functional_training_loop(config, config.ppo, policy, curriculum, PolicyStore(run_dir))
-    if distributed.is_main():  # torchrun: rank 0 wrote the run directory
-        print(f"{state.agent_steps:,} agent steps; run directory {run_dir} holds "
-              f"{', '.join(sorted(os.listdir(run_dir)))}")
+        seed_everything(config.seed)
+        curriculum = make_curriculum(config.env, config.curriculum)
+        probe = make_vecenv(config.env, config.seed, curriculum)
+        policy = make_policy(config.agent, probe.single_observation_space, probe.single_action_space)
+        probe.close()
+        run_dir = os.path.join(config.log.run_root, config.experiment_name)
+        state = functional_training_loop(config, config.ppo, policy, curriculum, PolicyStore(run_dir))
+        if distributed.is_main():  # torchrun: rank 0 wrote the run directory
+            print(f"{state.agent_steps:,} agent steps; run directory {run_dir} holds "
+                  f"{', '.join(sorted(os.listdir(run_dir)))}")
     distributed.close()  # torchrun: leave the process group (nothing to do in one process)
 
 

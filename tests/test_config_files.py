@@ -92,3 +92,63 @@ def test_preset_flag_starts_from_the_named_preset():
     assert config == expected
     with pytest.raises(ConfigError, match="--preset 'fastest' is not a preset; choose one of"):
         parse_config(["--preset", "fastest"])
+
+
+def test_base_flags_take_the_equals_form_too(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 7\n")
+    assert parse_config(["--preset=small_fast"]) == parse_config(["--preset", "small_fast"])
+    assert parse_config([f"--config={path}", "--seed=8"]).seed == 8
+    assert parse_config([f"--config={path}"]).seed == 7
+    with pytest.raises(ConfigError, match="--config needs a value: --config FILE"):
+        parse_config(["--config"])
+
+
+def test_help_lists_the_base_flags_and_the_preset_names_and_survives_a_closed_pipe():
+    from cleanmetta.config import PRESETS
+
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert all(flag in out.stdout for flag in ("--preset NAME", "--config FILE", "--resume RUN"))
+    assert all(name in out.stdout for name in PRESETS)
+    # `python train.py --help | head -1`: the reader closes the pipe after a line
+    piped = subprocess.run(f"{sys.executable} train.py --help | head -1", shell=True, cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+    assert piped.stdout.startswith("usage: train.py") and piped.stderr == ""
+
+
+def test_numbers_in_e_notation_are_ints_where_exact_and_bad_yaml_names_the_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("trainer:\n  total_timesteps: 2e4\n  learning_rate: 3e-4\n")
+    config = TrainingConfig.from_yaml(str(path))
+    assert config.trainer.total_timesteps == 20000 and type(config.trainer.total_timesteps) is int
+    assert config.trainer.learning_rate == 3e-4
+    path.write_text("trainer:\n  total_timesteps: 2.5\n")
+    with pytest.raises(ConfigError, match="trainer.total_timesteps=2.5 must be of type int"):
+        TrainingConfig.from_yaml(str(path))
+    path.write_text("trainer:\n  total_timesteps: [1\nppo: {\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:3: not valid YAML: expected ',' or ']'"):
+        TrainingConfig.from_yaml(str(path))
+    bad_json = tmp_path / "config.json"
+    bad_json.write_text('{"seed": 1,\n "trainer": }')
+    with pytest.raises(ConfigError, match=r"config.json:2: not valid JSON"):
+        TrainingConfig.from_yaml(str(bad_json))
+
+
+def yaml_keys(data, prefix=""):
+    return {key for name, value in data.items()
+            for key in ([f"{prefix}{name}"] + (sorted(yaml_keys(value, f"{prefix}{name}.")) if isinstance(value, dict)
+                                               else []))}
+
+
+def test_the_example_config_file_holds_every_field_with_its_default():
+    import dataclasses
+
+    import yaml
+
+    path = os.path.join(ROOT, "examples", "config.yaml")
+    assert TrainingConfig.from_yaml(path) == TrainingConfig()
+    with open(path) as f:
+        keys = yaml_keys(yaml.safe_load(f))
+    expected = yaml_keys(dataclasses.asdict(TrainingConfig()))
+    assert keys == expected, expected ^ keys

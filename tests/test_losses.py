@@ -258,13 +258,13 @@ def test_a_teacher_of_another_env_or_with_an_lstm_is_refused(tmp_run_root, teach
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), latest.state_dict().values()))
 
 
-def test_the_readme_shows_the_kickstart_loss_as_the_code_has_it():
-    """The README's worked example is an excerpt of losses.py: every code line of it is a line of the module."""
+def test_the_docs_show_the_kickstart_loss_as_the_code_has_it():
+    """docs/custom-losses.md's worked example is an excerpt of losses.py: every code line of it is in the module."""
     def code_lines(text):
         return [line.split("  #")[0].strip() for line in text.splitlines()
                 if line.strip() and not line.strip().startswith(("#", "..."))]
 
-    with open(os.path.join(ROOT, "README.md")) as f:
+    with open(os.path.join(ROOT, "docs", "custom-losses.md")) as f:
         readme = f.read()
     start = readme.index("class Kickstarter:")
     excerpt = code_lines(readme[start:readme.index("```", start)])

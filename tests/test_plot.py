@@ -88,7 +88,7 @@ def test_one_line_per_experiment_in_each_panel_with_its_seed_count():
     fig = draw_curves(episodes, title="t")
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
     assert [len(ax.collections) for ax in fig.axes] == [1, 1]  # a band for the experiment with two seeds
-    assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()] == ["a (2 seeds)", "b"]
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["a (2 seeds)", "b"]
     assert [ax.get_xlabel() for ax in fig.axes] == ["agent steps", "training seconds"]
 
 
@@ -115,3 +115,15 @@ def test_without_matplotlib_plotting_stops_with_the_install_command(tmp_path, mo
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
     with pytest.raises(ConfigError, match=r'plotting learning curves needs matplotlib .*pip install -e "\.\[plot\]"'):
         plot_curves({"a": [np.array([[1.0, 1.0, 1.0]])]}, str(tmp_path / "c.png"))
+
+
+def test_long_labels_go_under_the_panels_and_never_cover_them():
+    runs = [np.array([[i * 10, i, i] for i in range(1, 30)], float)]
+    labels = [", ".join(f"ppo.setting_{k}={k * n}" for k in range(5)) for n in (1, 2, 3)]
+    fig = draw_curves({label: runs for label in labels})
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    panels = [ax.get_window_extent() for ax in fig.axes]
+    assert all(not legend.overlaps(panel) for panel in panels)
+    assert panels[0].width == pytest.approx(panels[1].width, rel=0.05)  # the left panel keeps its width
+    assert panels[0].width > 0.35 * fig.bbox.width

@@ -248,6 +248,7 @@ def test_optimizer_step_falls_back_to_step_for_other_optimizers():
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch.compile's own internals
 def test_compiled_loss_matches_eager_loss_and_gradients():
     torch.manual_seed(0)
     policy = MLPPolicy(spaces.Box(-1, 1, (4,)), spaces.Discrete(2))

@@ -143,3 +143,40 @@ def test_train_script_rejects_an_invalid_value(tmp_run_root):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "ppo.num_minibatches=3 must divide the batch size" in out.stderr
+
+
+def test_a_run_prints_its_directory_and_its_budget_in_whole_rollouts(tmp_run_root, capsys):
+    config = small_fast_config()
+    config.trainer.total_timesteps = 1200  # 512 agent steps an epoch: 3 epochs, 1,536 steps
+    config.log.run_root, config.log.tensorboard = tmp_run_root, False
+    result = train.main(config)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"run directory: {result['run_dir']} | 3 epochs x 512 agent steps = 1,536 "
+                        "(trainer.total_timesteps 1,200 rounded up to whole rollouts)")
+    assert lines[-1].startswith("[100.0%] step 1,536/1,536 ")  # never past 100%
+
+
+def test_an_env_whose_package_is_missing_is_a_one_line_error(tmp_run_root):
+    script = ("import gymnasium as gym, sys, runpy\n"
+              "def needs_box2d(**kwargs):\n"
+              "    raise gym.error.DependencyNotInstalled(\n"
+              "        'Box2D is not installed, run `pip install \"gymnasium[box2d]\"`')\n"
+              "gym.register('Needs-Box2D-v0', entry_point=needs_box2d)\n"
+              "sys.argv = ['train.py', '--env.id', 'Needs-Box2D-v0', '--log.run-root', sys.argv[1]]\n"
+              "runpy.run_path('train.py', run_name='__main__')\n")
+    out = subprocess.run([sys.executable, "-c", script, tmp_run_root], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("error: env.id='Needs-Box2D-v0' needs a package that is not installed: Box2D is not "
+                                  'installed, run `pip install "gymnasium[box2d]"`')
+
+
+def test_the_readmes_trained_policy_snippet_runs_on_a_run_directory(tmp_run_root):
+    run_dir = train.main(quick_config(tmp_run_root, steps=1024))["run_dir"]
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## Use a trained policy", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0].replace("runs/NAME", run_dir)
+    out = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.split("return ")[1]) >= 8  # an episode played to its end
