@@ -191,7 +191,8 @@ def test_sigterm_stops_training_and_its_workers(tmp_run_root):
         [sys.executable, "train.py", "--preset", "mettagrid", "--env.num-workers", "2", "--log.run-root", marker,
          "--experiment-name", "r", "--trainer.total-timesteps", "10000000", "--log.console-interval", "0",
          "--log.no-tensorboard"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert "step" in process.stdout.readline()  # the first epoch is done: the workers are running
+    assert process.stdout.readline().startswith("run directory: ")
+    assert "SPS" in process.stdout.readline()  # the first epoch is done: the workers are running
     workers = [pid for pid in os.listdir("/proc") if pid.isdigit() and pid != str(process.pid)
                and marker in open(f"/proc/{pid}/cmdline").read()]
     assert len(workers) == 2
