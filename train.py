@@ -127,7 +127,7 @@ def parse_config(argv: list[str]) -> TrainingConfig:
             raise ConfigError(f"{flag} needs a value: {flag} {BASES[flag].split()[0]}")
         given[flag] = value
     argv = rest
-    for flag, value in sorted(given.items(), key=lambda item: list(BASES).index(item[0])):
+    for flag, value in ((flag, given[flag]) for flag in BASES if flag in given):
         if flag == "--preset":
             if value not in PRESETS:
                 raise ConfigError(f"--preset {value!r} is not a preset; choose one of {sorted(PRESETS)}")

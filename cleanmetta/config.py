@@ -509,8 +509,6 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
             pass
     if kind is int and isinstance(value, float) and value.is_integer():  # 2e4, 20000.0: exactly an int
         return int(value)
-    if kind is float and isinstance(value, float):
-        return value
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{name}={value!r} must be of type {kind.__name__}")
     return value

@@ -83,7 +83,6 @@ def is_main() -> bool:
 
 FAILURE_KEY = "cleanmetta/failure"
 _store: Any = None                  # the process group's key-value store (torchrun's agent holds it)
-_watcher: threading.Thread | None = None
 _watching = threading.Event()       # set while the watcher runs
 _reported = False                   # this rank posted the failure itself
 
@@ -92,7 +91,7 @@ def init(device: torch.device, timeout_s: float) -> None:
     """Join torchrun's process group (rendezvous from its environment variables): NCCL for a GPU,
     gloo for the CPU. A collective that waits longer than `timeout_s` fails instead of hanging.
     Nothing to do without torchrun, or when this process has joined already."""
-    global _store, _watcher
+    global _store
     if not launched_by_torchrun() or initialized():
         return
     if device.type == "cuda":
@@ -112,8 +111,7 @@ def init(device: torch.device, timeout_s: float) -> None:
 
     sys.excepthook = report_uncaught
     _watching.set()
-    _watcher = threading.Thread(target=_watch, name="cleanmetta-failure-watcher", daemon=True)
-    _watcher.start()
+    threading.Thread(target=_watch, name="cleanmetta-failure-watcher", daemon=True).start()
 
 
 def close() -> None:
@@ -232,10 +230,10 @@ def any_rank(flag: bool) -> bool:
     return flag if world_size() == 1 else bool(all_reduce(torch.tensor(int(flag)), ReduceOp.MAX))
 
 
-def average_gradients(params: list[torch.Tensor], samples: int | None = None) -> None:
+def average_gradients(params: list[torch.Tensor], samples: int = 1) -> None:
     """Replace each parameter's gradient by its mean over all ranks: one all-reduce of one flat buffer.
-    With `samples` (the number of samples this rank's loss averaged over), each rank's gradient is
-    weighted by its samples: the gradient of the mean loss over all ranks' samples together, which
+    Each rank's gradient is weighted by `samples`, the number of samples its loss averaged over (1
+    on every rank: the plain mean): the gradient of the mean loss over all ranks' samples together, which
     is what one process would get on the combined minibatch (the ranks' counts differ when their
     rollouts hold different numbers of autoreset steps).
 
@@ -246,12 +244,9 @@ def average_gradients(params: list[torch.Tensor], samples: int | None = None) ->
     if world_size() == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    if samples is None:
-        flat = all_reduce(flat).div_(world_size())
-    else:  # the count rides in the same buffer: still one all-reduce
-        flat = all_reduce(torch.cat([flat * samples, flat.new_tensor([samples])]))
-        flat = flat[:-1].div_(flat[-1])
+    # the count rides in the same buffer as the weighted gradients: one all-reduce
+    flat = all_reduce(torch.cat([g.reshape(-1) * samples for g in grads] + [grads[0].new_tensor([samples])]))
+    flat = flat[:-1].div_(flat[-1])
     for p, g in zip(params, flat.split([g.numel() for g in grads])):
         p.grad = g.view_as(p)
 

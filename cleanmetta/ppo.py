@@ -270,14 +270,14 @@ class PPOOptimizer:
                 for p in params:  # optimizer.zero_grad(set_to_none=True), minus its per-call overhead
                     p.grad = None
                 loss.backward()
+                counts.append(len(mb.advantages))
                 # torchrun: one all-reduce, each rank's gradient weighted by its samples; nothing in one process
-                distributed.average_gradients(params, samples=len(mb.advantages))
+                distributed.average_gradients(params, samples=counts[-1])
                 clip_grad_norm(params, cfg.max_grad_norm)
                 optimizer_step(self.optimizer)
 
                 history += [losses.policy_loss.detach(), losses.value_loss.detach(), losses.entropy_loss.detach(),
                             losses.approx_kl, losses.clipfrac, *custom_values]
-                counts.append(len(mb.advantages))
             # torchrun: the processes compare approx_kl over all their samples, so that they stop at the same epoch
             if cfg.target_kl is not None and float(distributed.weighted_mean(
                     losses.approx_kl.view(1), torch.tensor([counts[-1]]))) > cfg.target_kl:
