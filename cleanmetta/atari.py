@@ -9,7 +9,7 @@ that the game score stays known whatever the trainer optimises:
 
 - `reward_clipping` (default True, as in ale-py): the trainer receives the sign of each reward.
 - `episodic_life` (default False): a lost life ends the *training* episode (terminated), as
-  DeepMind's EpisodicLifeEnv does, and the game goes on: the next step is that env's reset step
+  DeepMind's EpisodicLifeEnv does, and the game goes on: the next step is that env's autoreset step
   under the NEXT_STEP contract (its action is replaced by FIRE where the game has it, else NOOP, as
   FireResetEnv does after every reset; its reward is not trained on). ale-py's own option restarts
   the whole game at every lost life instead, so it is never passed through.
@@ -84,7 +84,7 @@ class AtariGames(gym.vector.VectorWrapper):
         lives = np.asarray(info["lives"], np.int64)
         lost = self.episodic_life & (lives < self.lives) & ~game_ended & playing
         train_reward = np.sign(reward) if self.reward_clipping else reward
-        train_reward = np.where(self.life_lost, 0.0, train_reward)  # a reset step's reward is not trained on
+        train_reward = np.where(self.life_lost, 0.0, train_reward)  # an autoreset step's reward is not trained on
         self.life_lost, self.game_over, self.lives = lost, terminated | truncated, lives
         self._record(obs, game_ended)
         return obs, train_reward.astype(np.float32), terminated | lost, truncated, info

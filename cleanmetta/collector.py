@@ -1,39 +1,37 @@
 """RolloutCollector: steps the vector env with the policy and fills an Experience buffer.
 
-One `collect()` runs `experience.num_steps` steps of every environment: one batched
-`policy.sample(obs)` per step under `torch.inference_mode()` (with the values, or, for a policy
-whose critic is separate, all values in one pass at the end), the actions to the env, the env's
-answer into the buffer. It also tracks episode returns and lengths and reports the episodes that
-finished (with their task, when the env names one in info["task"], and any statistics the env
-reports for finished episodes in info["episode_stats"], a dict of name -> values). An env that keeps
-its own episode score, as gymnasium's RecordEpisodeStatistics does in info["episode"] (Atari: the
-unclipped game score over all lives, while training episodes end at each lost life with clipped
-rewards), has that score and length reported instead of the sum of the rewards trained on.
+The default run's rollout is `collect` read top to bottom: for each of `experience.num_steps`
+steps, `_act` runs the policy once on every agent's observation (`policy.sample` under
+torch.inference_mode) and stores the observation, action and log-probability; the env steps; and
+`_observe` stores its answer (reward, termination, episode end, which steps to train on; the
+vocabulary is experience.py's) and keeps each episode's return and length. After the last step
+come the values: the default network (networks.MLPPolicy) leaves them to one batched critic pass
+over the whole rollout, other networks return them from `sample` at each step; then the value of
+the observation after the rollout (`last_value`), for bootstrapping.
 
-Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that env's reset step;
+Autoreset (NEXT_STEP, see envs.py): the step after an env reports done is that env's autoreset step;
 its action is ignored and its transition joins two episodes, so it is stored with valid = 0 and
-never trained on.
+never trained on. `collect` returns the finished episodes' returns and lengths (with their task,
+when the env names one in info["task"], and any statistics the env reports in
+info["episode_stats"], a dict of name -> values). An env that keeps its own episode score, as
+gymnasium's RecordEpisodeStatistics does in info["episode"] (Atari: the unclipped game score over
+all lives, while training episodes end at each lost life), has that score reported instead of
+the sum of the rewards trained on.
 
-A recurrent policy (policy.recurrent) gets each agent's LSTM state from the previous step, carried
-across rollouts, and `first` marking the observations that begin an episode (the one after an
-autoreset step, and every agent's first): the policy zeroes their state, so a new episode's first
-real step sees a fresh state whatever the autoreset step did. The buffer keeps `first` and the
-state at every segment start for the update's replay.
-
-Double buffering: with an env that steps its agents in two halves in worker processes
-(workers.WorkerVecEnv with two `batch_rows`, env.async_batches 2), each step acts on one half and
-sends it to the workers, then takes in the other half's answer to its previous step, so the policy
-works while the workers step. Every agent's transitions land at the same [t, agent] places as
-without it; the per-step work is `_act` and `_observe` on a slice of agents (all of them otherwise).
-
-Under torchrun each process collects its own rollout; `collect()` then gathers the finished
-episodes of every process (one collective per rollout) and counts the agent steps of all of them,
-so that the loop's step count and statistics are global on every process.
-
-Device handling: environment outputs stay in host numpy arrays for the whole rollout and reach
-the device in one copy each at the end; observations go to the device every step through a pinned
-host buffer with a non-blocking copy. The only per-step host sync is reading the actions back,
-which the env needs.
+Beside the default path:
+- A recurrent policy (policy.recurrent, `_sample_recurrent`) gets each agent's LSTM state from the
+  previous step, carried across rollouts, and `first` marking the observations that begin an
+  episode (the one after an autoreset step, and every agent's first): the policy zeroes their
+  state. The buffer keeps `first` and the state at every segment start for the update's replay.
+- Double buffering (`_collect_double_buffered`): with an env that steps its agents in two halves
+  in worker processes (workers.WorkerVecEnv with two `batch_rows`, env.async_batches 2), each step
+  acts on one half while the workers step the other. Every agent's transitions land at the same
+  [t, agent] places as without it; `_act` and `_observe` then work on a slice of the agents.
+- torchrun: each process collects its own rollout; `collect` then gathers the finished episodes of
+  every process (one collective per rollout) and counts the agent steps of all of them.
+- Devices: environment outputs stay in host numpy arrays for the whole rollout and reach the
+  device in one copy each at the end; observations go to the device every step through a pinned
+  host buffer with a non-blocking copy. The only per-step host sync is reading the actions back.
 """
 
 from __future__ import annotations
@@ -93,7 +91,7 @@ class RolloutCollector:
 
         # Double buffering (env.async_batches 2, an env that steps in workers): two halves of the agents.
         self.halves = getattr(vecenv, "batch_rows", [ALL])
-        self.values_at_end = False
+        self.values_after_rollout = False
 
         # A Dict, Tuple, Discrete, ... observation is stored as one flat row per agent (spaces.py); a Box as it is.
         self.obs_layout = observation_layout(vecenv.single_observation_space)
@@ -122,30 +120,43 @@ class RolloutCollector:
         self.finished = {"returns": [], "lengths": [], "tasks": [], "stats": {}}  # episodes that end in this rollout
         if len(self.halves) == 1:
             for t in range(exp.num_steps):
-                self._observe(t, ALL, self.vecenv.step(self._act(t, ALL)))
-        else:  # double buffering: act on one half of the agents while the env workers step the other half
-            pending = None  # (step, half) sent and not yet received
-            for t in range(exp.num_steps):
-                for half, rows in enumerate(self.halves):
-                    self.vecenv.send(self._act(t, rows), half)
-                    if pending is not None:
-                        self._observe(pending[0], self.halves[pending[1]], self.vecenv.recv(pending[1]))
-                    pending = (t, half)
-            self._observe(pending[0], self.halves[pending[1]], self.vecenv.recv(pending[1]))
+                actions = self._act(t, ALL)
+                self._observe(t, ALL, self.vecenv.step(actions))
+        else:  # env.async_batches 2: act on one half of the agents while the env workers step the other
+            self._collect_double_buffered()
 
-        if self.values_at_end:  # the policy left the values to one batched pass over the rollout
+        if self.values_after_rollout:  # the default network: its critic once over the rollout, one batch
             exp.values.copy_(self.policy.get_value(exp.obs.flatten(0, 1)).view_as(exp.values))
         if self.recurrent:  # the bootstrap value continues each agent's memory
             first = torch.from_numpy(self.first).to(self.device)
             exp.last_value.copy_(self.policy.step(self.next_obs, self.state, first)[1])
         else:
-            exp.last_value.copy_(self.policy.get_value(self.next_obs))
+            exp.last_value.copy_(self.policy.get_value(self.next_obs))  # the value after the last step
         rewards = self.rewards
-        if self.reward_scaler is not None:
+        if self.reward_scaler is not None:  # ppo.normalize_reward
             rewards = self.reward_scaler(self.rewards, self.dones, self.valid)
         for column, values in ((exp.rewards, rewards), (exp.terminals, self.terminals), (exp.dones, self.dones),
                                (exp.valid, self.valid)):
             column.copy_(torch.from_numpy(values), non_blocking=True)
+        stats = self._episode_stats()
+        if distributed.world_size() > 1:  # torchrun: every process's episodes
+            stats = merge_episode_stats(distributed.all_gather_objects(stats))
+        return stats, exp.batch_size * distributed.world_size()
+
+    def _collect_double_buffered(self) -> None:
+        """The rollout's steps for an env that steps two halves of the agents in worker processes: each
+        step sends one half's actions, then takes in the other half's answer to its previous step."""
+        pending = None  # (step, half) sent and not yet received
+        for t in range(self.experience.num_steps):
+            for half, rows in enumerate(self.halves):
+                self.vecenv.send(self._act(t, rows), half)
+                if pending is not None:
+                    self._observe(pending[0], self.halves[pending[1]], self.vecenv.recv(pending[1]))
+                pending = (t, half)
+        self._observe(pending[0], self.halves[pending[1]], self.vecenv.recv(pending[1]))
+
+    def _episode_stats(self) -> dict:
+        """The episodes that finished in this rollout: returns, lengths, tasks and the env's statistics."""
         finished = self.finished
         stats = {
             "episodic_return": np.concatenate(finished["returns"]) if finished["returns"] else np.zeros(0),
@@ -155,32 +166,37 @@ class RolloutCollector:
             stats["episodic_task"] = np.concatenate(finished["tasks"])
         if finished["stats"]:
             stats["episode_stats"] = {name: np.asarray(values) for name, values in finished["stats"].items()}
-        if distributed.world_size() > 1:
-            stats = merge_episode_stats(distributed.all_gather_objects(stats))
-        return stats, exp.batch_size * distributed.world_size()
+        return stats
 
     def _act(self, t: int, rows: slice) -> np.ndarray:
         """The policy on the agents `rows` at step t: what it saw and did into the buffer; the actions for the env."""
         exp = self.experience
         obs = self.next_obs[rows]
-        if self.recurrent:  # the LSTM state in and out; zeroed where an episode begins
-            first = torch.from_numpy(self.first[rows]).to(self.device, non_blocking=True)
-            state = (self.state[0][rows], self.state[1][rows])
-            if t % exp.bptt_horizon == 0:  # a segment starts: keep the state the update replays from
-                exp.lstm_h[t // exp.bptt_horizon, rows], exp.lstm_c[t // exp.bptt_horizon, rows] = state
-            exp.first[t, rows] = first
-            action, logprob, value, (h, c) = self.policy.sample(obs, state, first)
-            self.state[0][rows], self.state[1][rows] = h, c
+        if self.recurrent:
+            action, logprob, value = self._sample_recurrent(t, rows, obs)
         else:
             action, logprob, value = self.policy.sample(obs)
         exp.obs[t, rows] = obs
         exp.actions[t, rows] = action
         exp.logprobs[t, rows] = logprob
-        self.values_at_end = value is None
+        self.values_after_rollout = value is None  # the policy leaves the values to one pass after the rollout
         if value is not None:
             exp.values[t, rows] = value
         env_action = action.cpu().numpy().reshape((-1, *self.action_shape[1:]))
         return env_action if self.action_bounds is None else np.clip(env_action, *self.action_bounds)
+
+    def _sample_recurrent(self, t: int, rows: slice, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """policy.sample for a recurrent policy: the agents' LSTM state in (zeroed where an episode
+        begins) and out; at a segment's start the state is stored for the update's replay."""
+        exp = self.experience
+        first = torch.from_numpy(self.first[rows]).to(self.device, non_blocking=True)
+        state = (self.state[0][rows], self.state[1][rows])
+        if t % exp.bptt_horizon == 0:
+            exp.lstm_h[t // exp.bptt_horizon, rows], exp.lstm_c[t // exp.bptt_horizon, rows] = state
+        exp.first[t, rows] = first
+        action, logprob, value, (h, c) = self.policy.sample(obs, state, first)
+        self.state[0][rows], self.state[1][rows] = h, c
+        return action, logprob, value
 
     def _observe(self, t: int, rows: slice, result: tuple) -> None:
         """The env's answer to step t for the agents `rows`: into the rollout columns and episode bookkeeping."""
@@ -190,7 +206,7 @@ class RolloutCollector:
         self.terminals[t, rows] = terminated
         self.dones[t, rows] = done
         prev_done = self.prev_done[rows]
-        self.valid[t, rows] = ~prev_done
+        self.valid[t, rows] = ~prev_done  # the step after a done is an autoreset step: not trained on
         episode_return, episode_length = self.episode_return[rows], self.episode_length[rows]  # views
         episode_return += reward
         episode_length += ~prev_done

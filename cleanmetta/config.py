@@ -124,7 +124,8 @@ class PPOConfig:
     update_epochs: int = 4
     """passes over each rollout batch."""
     num_minibatches: int = 4
-    """minibatches per pass; must divide the batch size."""
+    """minibatches per pass: each pass shuffles the rollout's valid steps (or its segments) and cuts them
+    into this many parts of nearly equal size."""
     norm_adv: bool = True
     """normalise advantages inside each minibatch."""
     global_adv_norm: bool = True
@@ -395,9 +396,8 @@ class TrainingConfig:
                                                                              "trainer.num_steps / bptt_horizon")
             else:
                 units, what = env.num_envs * trainer.num_steps, "the batch size env.num_envs x trainer.num_steps"
-            check(units % ppo.num_minibatches == 0, "ppo.num_minibatches", ppo.num_minibatches,
-                  f"must divide {what} = {units}; pick a divisor such as "
-                  f"{_nearest_divisors(units, ppo.num_minibatches)}")
+            check(ppo.num_minibatches <= units, "ppo.num_minibatches", ppo.num_minibatches,
+                  f"is more than {what} = {units}; use at most {units}")
         positive("ppo.clip_coef", ppo.clip_coef)
         non_negative("ppo.ent_coef", ppo.ent_coef)
         non_negative("ppo.vf_coef", ppo.vf_coef)
@@ -585,14 +585,6 @@ def task_probabilities(weights: list[float] | None, num_tasks: int) -> list[floa
         raise ConfigError(f"curriculum.weights={weights} must give one finite weight >= 0 per task "
                           f"({num_tasks} tasks), not all zero")
     return [w / sum(weights) for w in weights]
-
-
-def _nearest_divisors(n: int, target: int) -> str:
-    """The divisors of n just below and just above target, e.g. '2 or 4'."""
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    below = max(d for d in divisors if d <= target)
-    above = [d for d in divisors if d > target]
-    return f"{below} or {above[0]}" if above else str(below)
 
 
 def small_fast_config() -> TrainingConfig:

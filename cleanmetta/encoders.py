@@ -3,12 +3,16 @@
 - `ImageEncoder`: images `[C, H, W]` or `[H, W, C]` (uint8 scaled to [0, 1]) through a convolutional
   trunk and a dense layer with ReLU: the Nature-DQN trunk (8x8/4, 4x4/2, 3x3/1) for frames of 36
   pixels or more, two padded 3x3 convolutions for small grids.
+- `encode_tokens`: MettaGrid's token observations `[num_tokens, 3]` (location, feature, value bytes),
+  as a linear layer over their one-hot (feature, location) grid computed from the tokens alone.
 - `MultiInputEncoder`: the flat rows of a structured observation (a Dict, a Tuple, a Discrete, ...;
   spaces.ObservationLayout), one encoder per entry, their outputs concatenated, as SB3's
   MultiInputPolicy does: image entries (3-dimensional Boxes) through an ImageEncoder, Discrete and
   MultiDiscrete entries one-hot, other Boxes and MultiBinary entries as floats.
 
-policy.py builds its actor-critics on these; this module knows nothing of actions or values.
+The default CartPole run uses none of these: its network (networks.MLPPolicy) reads the flat
+observation vector as it is. networks.py builds its actor-critics on these encoders; this module
+knows nothing of actions or values.
 """
 
 from __future__ import annotations
@@ -37,11 +41,10 @@ def is_image(space: spaces.Space) -> bool:
 
 
 def use_channels_last(convs: nn.Module) -> None:
-    """Store the convolutions' weights channels-last ([out, H, W, in] in memory; the same values, plain
-    torch: `convs.to(memory_format=torch.channels_last)`). The convolutions then run on oneDNN's
-    channels-last kernels: the Nature trunk's forward and backward over a 256-frame minibatch took
-    0.8x the time on a 2-core CPU at 1 thread, 0.64x at 2 (benchmarks/atari.py has the whole loop); on
-    small grids it made no difference, so they keep the default."""
+    """= convs.to(memory_format=torch.channels_last): the convolutions' weights stored channels-last
+    ([out, H, W, in] in memory; the same values). They then run on oneDNN's channels-last kernels,
+    faster for the Nature trunk on 84x84 frames on the CPU (benchmarks/atari.py has the whole
+    loop); on small grids it made no difference, so they keep the default."""
     convs.to(memory_format=torch.channels_last)
 
 
@@ -122,3 +125,24 @@ class MultiInputEncoder(nn.Module):
             else:
                 features.append(x.float())
         return torch.cat(features, dim=1) if len(features) > 1 else features[0]
+
+
+EMPTY_TOKEN = 0xFF  # the location byte of an unused token slot
+
+
+def encode_tokens(obs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Token observations [B, num_tokens, 3] of bytes (location, feature id, value) -> features
+    [B, hidden_size]: tanh of a linear layer over the one-hot (feature, location) grid, computed
+    from the tokens alone. Token (loc, f, v) selects row f * 256 + loc of `table` [features * 256,
+    hidden_size] and weighs it by log(1 + v); the weighted rows are summed (one embedding_bag call).
+    Location 0xFF marks an empty token."""
+    filled = obs[..., 0] != EMPTY_TOKEN  # [B, num_tokens]
+    # Only the token columns that some agent of the batch filled: MettaGrid pads a window of a few
+    # dozen tokens to num_tokens, and the padding would cost as much as the tokens.
+    used = filled.any(0).nonzero()
+    width = int(used[-1]) + 1 if len(used) else 1
+    loc, feature, value = obs[:, :width].long().unbind(-1)  # each [B, width]
+    filled = filled[:, :width]
+    rows = (feature * 256 + loc) * filled  # empty tokens point at row 0 with weight 0
+    weights = torch.log1p(value.float()) * filled
+    return torch.tanh(F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum"))

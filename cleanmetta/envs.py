@@ -4,8 +4,11 @@ The contract with the rest of the package is gymnasium's NEXT_STEP autoreset: th
 an episode returns that episode's final observation, and the following step resets the env
 (its action is ignored, its reward is 0) and returns the first observation of the next episode.
 Working with this mode means no extra policy forward is needed to bootstrap a truncated episode:
-the final observation is the next one fed to the policy. The collector marks the reset steps as
-invalid so no training transition ever spans two episodes.
+the final observation is the next one fed to the policy. The collector marks these autoreset
+steps invalid (valid = 0: the table in experience.py), so no training transition spans two episodes.
+
+On the default run `make_vecenv` builds CartPole-v1 as gymnasium's numpy-vectorised vector env
+of 4 copies (its `vector_entry_point`), seeded, with NEXT_STEP autoreset.
 
 `make_vecenv` builds `env.num_envs` copies of the curriculum's task (curriculum.py), using
 gymnasium's native vector env where the id has one. An id from another package is registered by

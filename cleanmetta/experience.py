@@ -1,25 +1,50 @@
 """Experience: the preallocated rollout buffer, its advantages, and the training batch drawn from it.
 
+On the default run: the collector fills the buffer, `compute_advantages` computes GAE over it
+(`discounted_advantages`), and `batch()` hands the update the valid steps as one flat batch.
+
 Every tensor is allocated once, `[T, B, ...]` with T = steps per rollout and B = agents across all
 environments, and overwritten in place by the collector each rollout. Step t holds the
 observation the policy saw, what it did, and what the environment answered:
 
     obs[t], actions[t], logprobs[t], values[t]    the policy's side
-    rewards[t], terminals[t], dones[t]            the env's answer (dones = terminated or truncated)
-    valid[t]                                      0 on autoreset steps (see envs.py): never trained on
+    rewards[t], terminals[t], dones[t]            the env's answer to actions[t]
+    valid[t]                                      whether step t is trained on
 
-For a recurrent policy (`lstm_size > 0`) it also keeps what the update needs to replay the LSTM:
-each agent's rollout is cut into segments of `bptt_horizon` steps, and
+Episode ends, in one vocabulary (used everywhere in cleanmetta). Environments autoreset the
+gymnasium way (NEXT_STEP, envs.py): the step after an episode ends is an autoreset step, whose
+observation is that episode's final one, whose action is ignored and whose answer is the next
+episode's first observation with reward 0.
 
-    first[t]                                      1 where obs[t] begins an episode (the LSTM state is zeroed)
+    step t is               terminals[t]  dones[t]  valid[t]  first[t+1]  next_values[t] = V(obs[t+1]), obs[t+1] is
+    an ordinary step             0            0         1         0        the next observation
+    a termination                1            1         1         0        the final one; unused (terminals[t] = 1)
+    a truncation (time limit)    0            1         1         0        the final one: bootstraps the return
+    an autoreset step            0            0         0         1        the new episode's first; unused (valid 0)
+
+- terminals: the episode ended for good (gymnasium's `terminated`): nothing is bootstrapped past it.
+- dones: the episode ended either way (`terminated or truncated`): advantages do not flow back
+  across it.
+- valid: 0 on autoreset steps, whose transition joins two episodes: never trained on.
+- first: 1 where obs[t] begins an episode (the step after an autoreset step, and every agent's
+  first step); a recurrent policy zeroes its state there. Kept for LSTM policies only.
+- next_values[t] (`next_values()`): the value of the observation after step t; after a
+  truncation that is the episode's final observation, so a time limit is bootstrapped, not
+  treated as the end of the world.
+Readers from CleanRL: its `dones[t]` is stored beside obs[t] and says that obs[t] begins an
+episode, i.e. it is our dones[t - 1] (so its GAE reads dones[t + 1] where ours reads dones[t]);
+and its PPO treats a truncation as a termination.
+
+For a recurrent policy (`lstm_size > 0`) the buffer also keeps what the update needs to replay the
+LSTM: each agent's rollout is cut into segments of `bptt_horizon` steps, and
+
+    first[t]                                      as above
     lstm_h[k], lstm_c[k]                          the state at the start of segment k (step k * bptt_horizon)
 
 `batch()` then gives whole segments instead of flat samples (see Batch). It does so for a
 feedforward policy too when asked (`batch(segments=True)`): V-trace and prioritized sampling
-(ppo.py) draw whole segments.
-
-`advantages` is GAE and, given importance ratios, V-trace: one recursion (`discounted_advantages`)
-serves the rollout's GAE and ppo.py's per-minibatch V-trace.
+(ppo.py) draw whole segments. One recursion (`discounted_advantages`) serves the rollout's GAE and,
+given importance ratios, ppo.py's per-minibatch V-trace.
 
 This module owns storage, advantages and batching; filling the buffer is the collector's job.
 """
@@ -157,9 +182,8 @@ class Experience:
         return self.num_steps * self.num_agents
 
     def next_values(self) -> torch.Tensor:
-        """[T, B] the value after each step: values[t + 1], last_value after the final step. Under
-        NEXT_STEP autoreset the observation after a truncated step is that episode's final
-        observation, so its value bootstraps the truncation; only a termination zeroes it."""
+        """[T, B] the value after each step: values[t + 1], last_value after the final step (see the
+        table above: after a truncation it bootstraps; after a termination it is zeroed)."""
         return torch.cat([self.values[1:], self.last_value[None]])
 
     def compute_advantages(self, gamma: float, gae_lambda: float) -> None:

@@ -36,7 +36,7 @@ from gymnasium import spaces
 from cleanmetta import distributed
 from cleanmetta.checkpoint import CheckpointError, PolicyStore, check_policy_spaces, load_policy_file
 from cleanmetta.config import ConfigError, PPOConfig
-from cleanmetta.policy import CategoricalHead, Policy, entropy_of
+from cleanmetta.networks import CategoricalHead, Policy, entropy_of
 
 CustomLoss = Callable[..., torch.Tensor]
 

@@ -82,7 +82,7 @@ class RewardScaler:
     def __call__(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Scaled rewards `[T, B]` for one rollout's rewards, dones and valid masks (all `[T, B]`)."""
         discounted = np.empty(rewards.shape, np.float64)
-        for t in range(rewards.shape[0]):  # numpy: a step costs ~1 us a call here against torch's ~5
+        for t in range(rewards.shape[0]):  # numpy: on these small arrays its calls cost less than torch's
             self.returns = self.returns * self.gamma + rewards[t]
             discounted[t] = self.returns
             self.returns[dones[t] > 0] = 0.0

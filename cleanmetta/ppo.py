@@ -1,39 +1,37 @@
-"""PPOOptimizer: the clipped PPO objective and the epochs-by-minibatches update that minimises it.
+"""PPOOptimizer: PPO's update, the clipped objective minimised over epochs of shuffled minibatches.
 
-`compute_ppo_loss` is the objective on one minibatch (usable on its own); `update` computes GAE on
-an Experience, then runs `update_epochs` passes of shuffled minibatches, adding every custom loss
-to the PPO loss on each minibatch. A custom loss is any callable
+PPOOptimizer is not a torch optimiser: it owns PPO's update and calls the torch optimiser it is
+given (trainer.make_optimizer's Adam) once per minibatch; the name is Metta's. The learning-rate
+schedule belongs to the caller (train.py sets the rate before each update).
 
-    fn(policy, obs, actions, rewards, values, advantages) -> scalar tensor
+The default run's update is `update` read top to bottom:
+1. GAE advantages and returns over the rollout (experience.py), and its valid steps as one flat batch;
+2. `update_epochs` passes, each a new shuffle cut into `num_minibatches` minibatches (`minibatches`);
+3. on each minibatch the PPO loss (`compute_ppo_loss`, then `ppo_objective`: advantages normalised
+   in the minibatch, clipped surrogate, clipped value loss, entropy bonus) plus every custom loss,
+   then zero_grad, backward, the global grad-norm clip and the optimiser step (fast.py's versions
+   of the plain torch calls, which the comments name);
+4. an early stop when approx_kl passes ppo.target_kl (off by default); the mean losses returned.
 
-over the minibatch (values are the rollout's value estimates, advantages the raw GAE advantages);
-its value is reported under its `__name__`.
+A custom loss is any callable `fn(policy, obs, actions, rewards, values, advantages) -> scalar
+tensor` over the minibatch (values are the rollout's value estimates, advantages the raw GAE
+advantages); it is added to the PPO loss and its value reported under its `__name__`.
 
-Recurrent policies (policy.LSTMPolicy): the batch is whole segments (experience.py); each minibatch
-of segments is replayed through the LSTM from the segments' stored start states, and the losses
-see its valid steps only, flattened as for a feedforward policy. The PPO loss and custom losses
-then receive a `SegmentReplay` as `policy`: it answers `policy(obs)`, `get_action_and_value(obs,
-actions)` and `get_value(obs)` for the minibatch's `obs` from the replay, so autoreset steps count
-in no loss or gradient and a custom loss needs no change to train a recurrent policy.
-
-Two of Metta's additions, both off by default, work on minibatches of whole segments (each agent's
-rollout cut into trainer.bptt_horizon steps, experience.py), for any policy:
-- V-trace (ppo.vtrace): on every minibatch the advantages and returns are recomputed from the stored
-  rewards, values and dones with the current policy's importance ratios, clipped by vtrace_rho_clip
-  and vtrace_c_clip (experience.discounted_advantages); past a segment's end the rollout's GAE
-  stands. While the policy is still the rollout's (ratio 1) this is GAE.
-- Prioritized minibatches (ppo.prio_alpha > 0): segments are drawn with probability p proportional
-  to (sum of |advantage| over the segment)^alpha, and their normalised advantages multiplied by the
-  importance weight (S p)^-beta, beta annealed from ppo.prio_beta0 to 1 by `update(..., progress)`.
-  With alpha 0 the update is the uniform shuffle it always was.
-
-Under torchrun (distributed.py) each process updates on its own rollout and the processes stay one
-policy: after every backward pass the gradients are averaged over all processes, minibatch
-advantages are normalised with the statistics of all processes' minibatches (ppo.global_adv_norm),
-target_kl compares the processes' mean approx_kl, and the reported losses are means over processes.
-
-This module owns the objective and the optimiser steps; the optimiser and its learning rate
-schedule belong to the caller.
+Beside the default path, each a named step that `update` takes only when it is switched on:
+- Recurrent policies (agent.lstm_size > 0), V-trace (ppo.vtrace) and prioritized minibatches
+  (ppo.prio_alpha > 0) train on whole segments: each agent's rollout cut into
+  trainer.bptt_horizon steps (experience.py); a minibatch is then some segments, and the losses
+  see their valid steps (`Minibatch`).
+- Recurrent policies: the LSTM is replayed over the minibatch's segments from their stored start
+  states (lstm.SegmentReplay), which the PPO loss and custom losses receive as `policy`.
+- V-trace (`vtrace_loss`): the advantages and returns recomputed on every minibatch with the
+  current policy's importance ratios (`vtrace`, experience.discounted_advantages).
+- Prioritized minibatches (`segment_priorities`): segments drawn by the size of their advantages,
+  their advantages weighted by importance weights whose exponent `update(..., progress)` anneals.
+- torchrun (distributed.py): the lines marked "torchrun" average the gradients over all processes,
+  normalise advantages with all processes' statistics (ppo.global_adv_norm), let target_kl compare
+  the processes' mean approx_kl and report means over all processes. In one process they do nothing.
+- ppo.compile and ppo.bf16 wrap `compute_ppo_loss` (torch.compile; torch.autocast to bfloat16).
 """
 
 from __future__ import annotations
@@ -42,14 +40,15 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
-from torch.optim.adam import adam as functional_adam
 
 from cleanmetta import distributed
 from cleanmetta.config import PPOConfig
 from cleanmetta.experience import Batch, Experience, discounted_advantages
-from cleanmetta.policy import SegmentReplay
+from cleanmetta.fast import add_scaled, clip_grad_norm, optimizer_step, zero_grad
+from cleanmetta.lstm import SegmentReplay
 
 CustomLoss = Callable[..., torch.Tensor]
+AdvantageStats = tuple[torch.Tensor, torch.Tensor]  # the mean and std to normalise advantages with
 
 
 class PPOLosses(NamedTuple):
@@ -61,6 +60,18 @@ class PPOLosses(NamedTuple):
     total_loss: torch.Tensor
     approx_kl: torch.Tensor     # E[(ratio - 1) - log ratio], no gradient
     clipfrac: torch.Tensor      # fraction of samples with |ratio - 1| > clip_coef, no gradient
+
+
+class Minibatch(NamedTuple):
+    """One optimiser step's samples, flat `[N, ...]`. On the default path that is all; the extras
+    that train on whole segments also keep the `segments` the samples are the valid steps of,
+    prioritized sampling each sample's importance weight, and torchrun the advantages' mean and
+    std over all processes."""
+
+    samples: Batch
+    segments: Batch | None = None
+    weights: torch.Tensor | None = None
+    adv_stats: AdvantageStats | None = None
 
 
 def loss_name(fn: CustomLoss) -> str:
@@ -75,79 +86,125 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     return float(1 - (returns - values).var() / var_returns)
 
 
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
-    """Scale the gradients together so that their global L2 norm is at most max_norm.
-
-    The arithmetic of nn.utils.clip_grad_norm_ in three foreach calls: on a small network the
-    library version's per-call bookkeeping costs as much as the arithmetic (~60 us a minibatch).
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, (max_norm / (total_norm + 1e-6)).clamp(max=1.0))
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    """optimizer.step(); for a fused single-group Adam (what trainer.make_optimizer builds), the same
-    fused kernel called through torch's functional `adam`, skipping Optimizer.step's per-call
-    bookkeeping over every parameter: ~90 us a minibatch, ~6% of CartPole's update. A test checks
-    that both give identical parameters and optimiser state."""
-    group = optimizer.param_groups[0]
-    params = group["params"]
-    fast = (type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 1 and group["fused"]
-            and not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
-            and all(p.grad is not None and optimizer.state[p] for p in params))  # state exists after step 1
-    if not fast:
-        optimizer.step()
-        return
-    states = [optimizer.state[p] for p in params]
-    beta1, beta2 = group["betas"]
-    adamw = {"decoupled_weight_decay": True} if group.get("decoupled_weight_decay") else {}  # torch >= 2.6 only
-    functional_adam(
-        params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-        [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], [s["step"] for s in states],
-        fused=True, capturable=group["capturable"], differentiable=group["differentiable"], amsgrad=group["amsgrad"],
-        beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-        maximize=group["maximize"], **adamw)
-
-
 class PPOOptimizer:
     def __init__(self, policy: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | str,
                  config: PPOConfig | None = None):
         self.policy, self.optimizer = policy, optimizer
         self.device = torch.device(device)
         self.config = config if config is not None else PPOConfig()
-        # ppo.compile: the forward pass and PPO objective fused by torch.compile (dynamic minibatch
-        # sizes: the number of valid samples varies per rollout). On CartPole's update, 1.44 -> 1.03 ms
-        # a CPU minibatch after ~18 s of compiling; a 1M-step CartPole run took 111.5 -> 104.8 s.
-        minibatch_loss = (torch.compile(self.compute_ppo_loss, dynamic=True) if self.config.compile
-                          else self.compute_ppo_loss)
-        # ppo.bf16: the loss's forward pass under torch.autocast in bfloat16 (matrix products and convolutions
-        # in bf16; parameters, gradients and Adam stay float32). Atari's Nature CNN minibatch of 256 frames:
-        # 128 -> 84 ms on a 2-core CPU with AVX512-BF16.
-        self.minibatch_loss = (torch.autocast(self.device.type, dtype=torch.bfloat16)(minibatch_loss)
-                               if self.config.bf16 else minibatch_loss)
+        # ppo.compile: the forward pass and the objective fused by torch.compile (dynamic shapes: the
+        # number of valid samples varies per rollout). ppo.bf16: the same under torch.autocast.
+        loss = torch.compile(self.compute_ppo_loss, dynamic=True) if self.config.compile else self.compute_ppo_loss
+        self.minibatch_loss = torch.autocast(self.device.type, dtype=torch.bfloat16)(loss) if self.config.bf16 else loss
+
+    def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = (),
+               progress: float = 0.0) -> dict[str, float]:
+        """PPO's update on one rollout: `update_epochs` x `num_minibatches` optimiser steps; returns the
+        mean losses and diagnostics. `progress` (the fraction of training done, 0 to 1) anneals
+        prioritized sampling's importance-weight exponent from ppo.prio_beta0 to 1."""
+        cfg = self.config
+        experience.compute_advantages(cfg.gamma, cfg.gae_lambda)  # GAE: advantages and returns [T, B]
+        # recurrent policies, V-trace and prioritized minibatches train on whole segments of each agent's rollout
+        segmented = experience.lstm_size > 0 or cfg.vtrace or cfg.prio_alpha > 0
+        batch = experience.batch(segments=segmented)  # the valid steps [N, ...]; or segments [S, L, ...]
+        names = ["policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"]
+        names += [loss_name(fn) for fn in custom_loss_fns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
+        check_minibatches_on_every_process(batch, cfg.num_minibatches, segmented)  # torchrun
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        priorities = None
+        if cfg.prio_alpha > 0:  # prioritized: each segment's probability and importance weight, beta annealed
+            priorities = segment_priorities(batch, cfg.prio_alpha, cfg.prio_beta0 + (1 - cfg.prio_beta0) * progress)
+        history: list[torch.Tensor] = []  # per minibatch: the reported terms, stacked once at the end
+        counts: list[int] = []  # per minibatch: its samples, which weigh its terms over processes (torchrun)
+
+        for epoch in range(cfg.update_epochs):
+            for mb, segments, weights, adv_stats in self.minibatches(batch, segmented, priorities):
+                policy = self.policy
+                if experience.lstm_size > 0:  # recurrent: the LSTM replayed over the minibatch's segments
+                    policy = SegmentReplay(self.policy, segments, mb.obs)
+                if cfg.vtrace:  # V-trace: the advantages follow from the current policy's ratios
+                    losses = self.vtrace_loss(policy, mb, segments, weights)
+                else:
+                    losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, mb.advantages, mb.returns,
+                                                 mb.values, policy=policy, weights=weights, adv_stats=adv_stats)
+                custom = [fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages)
+                          for fn in custom_loss_fns]
+                loss = sum(custom, start=losses.total_loss)
+                if not torch.isfinite(loss):
+                    raise not_finite_error(losses, dict(zip(names[5:], custom)))
+
+                zero_grad(params)  # = self.optimizer.zero_grad()
+                loss.backward()
+                counts.append(len(mb.advantages))
+                distributed.average_gradients(params, samples=counts[-1])  # torchrun: weighted by samples
+                clip_grad_norm(params, cfg.max_grad_norm)  # = nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer_step(self.optimizer)  # = self.optimizer.step()
+                history += [losses.policy_loss.detach(), losses.value_loss.detach(), losses.entropy_loss.detach(),
+                            losses.approx_kl, losses.clipfrac, *(value.detach() for value in custom)]
+            # torchrun: approx_kl's mean over all processes, so that they all stop at the same epoch
+            if cfg.target_kl is not None and float(distributed.weighted_mean(
+                    losses.approx_kl.view(1), torch.tensor([counts[-1]]))) > cfg.target_kl:
+                break
+
+        # each term's mean over the minibatches (torchrun: per minibatch, over all processes' samples first)
+        means = distributed.weighted_mean(torch.stack(history).view(-1, len(names)), torch.tensor(counts)).mean(0)
+        stats = dict(zip(names, means.tolist()))
+        samples = batch.valid_steps() if segmented else batch
+        obs_norm = getattr(self.policy, "obs_norm", None)
+        if obs_norm is not None:  # agent.normalize_obs: updated after, so the update saw what the rollout saw
+            obs_norm.update(samples.obs.flatten(1))
+        stats["explained_variance"] = explained_variance(samples.values, samples.returns)
+        return stats
+
+    def minibatches(self, batch: Batch, segmented: bool = False,
+                    priorities: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Minibatch]:
+        """One epoch's minibatches: the batch in a new random order, cut into ppo.num_minibatches parts
+        of nearly equal size (none empty). A batch of segments is cut into segments, and each
+        minibatch's samples are their valid steps. With `priorities` (segment_priorities: each
+        segment's probability and importance weight) the segments are drawn by priority instead."""
+        cfg = self.config
+        n = batch.obs.shape[0]  # samples, or segments
+        edges = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
+        parts = [slice(start, end) for start, end in zip(edges[:-1], edges[1:]) if end > start]
+        if priorities is None:
+            order = torch.randperm(n, device=self.device)  # every sample once an epoch
+        else:  # prioritized: n draws with replacement (the importance weights assume each has probability p)
+            order = torch.multinomial(priorities[0], n, replacement=True)
+        shuffled = batch.select(order)  # one gather, then views
+        if segmented:
+            weights = None if priorities is None else priorities[1][order]
+            minibatches = [segment_minibatch(shuffled.select(part), None if weights is None else weights[part])
+                           for part in parts]
+        else:
+            minibatches = [Minibatch(shuffled.select(part)) for part in parts]
+        if cfg.norm_adv and cfg.global_adv_norm and distributed.world_size() > 1 and not cfg.vtrace:
+            # torchrun: each minibatch's advantages normalised with all processes' statistics (one all-reduce)
+            means, stds = distributed.mean_std([mb.samples.advantages for mb in minibatches])
+            minibatches = [mb._replace(adv_stats=(mean, std)) for mb, mean, std in zip(minibatches, means, stds)]
+        return minibatches
 
     def compute_ppo_loss(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
                          advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
-                         normalize_advantages: bool = True, policy: nn.Module | None = None,
-                         weights: torch.Tensor | None = None) -> PPOLosses:
-        """The PPO loss on one minibatch; `values` are the rollout's (old) value estimates. With
-        ppo.norm_adv the advantages are normalised here unless `normalize_advantages` is False
-        (the caller already has, as update() does with all processes' statistics under torchrun).
-        `policy` scores the actions: self.policy by default; update() passes a recurrent policy's
-        SegmentReplay of the minibatch. `weights` (prioritized sampling's importance weights)
-        multiply the advantages after normalisation."""
+                         policy: nn.Module | None = None, weights: torch.Tensor | None = None,
+                         adv_stats: AdvantageStats | None = None) -> PPOLosses:
+        """The PPO loss on one minibatch: the policy's log-probabilities of the stored `actions`, its
+        entropy and values, then `ppo_objective`. `old_logprobs` and `values` are the rollout's.
+        `policy` scores the actions (self.policy by default; update() passes a recurrent policy's
+        SegmentReplay of the minibatch); `weights` and `adv_stats` are as in ppo_objective."""
         policy = policy if policy is not None else self.policy
         _, new_logprobs, entropy, new_values = policy.get_action_and_value(obs, actions)
         return self.ppo_objective(new_logprobs, entropy, new_values, old_logprobs, advantages, returns, values,
-                                  normalize_advantages, weights)
+                                  weights, adv_stats)
 
     def ppo_objective(self, new_logprobs: torch.Tensor, entropy: torch.Tensor, new_values: torch.Tensor,
                       old_logprobs: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
-                      values: torch.Tensor, normalize_advantages: bool = True,
-                      weights: torch.Tensor | None = None) -> PPOLosses:
-        """compute_ppo_loss from the policy's outputs on the minibatch (its logprobs of the stored
-        actions, entropy and values): for callers that need the outputs first, as V-trace does."""
+                      values: torch.Tensor, weights: torch.Tensor | None = None,
+                      adv_stats: AdvantageStats | None = None) -> PPOLosses:
+        """PPO's clipped objective from the policy's outputs on the minibatch. With ppo.norm_adv the
+        advantages are normalised with the minibatch's own mean and std, or with `adv_stats` (torchrun:
+        all processes'); `weights` (prioritized sampling's importance weights) multiply them after."""
         cfg = self.config
         log_ratio = new_logprobs - old_logprobs
         ratio = log_ratio.exp()
@@ -155,24 +212,35 @@ class PPOOptimizer:
             approx_kl = ((ratio - 1) - log_ratio).mean()
             clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
 
-        if cfg.norm_adv and normalize_advantages and advantages.numel() > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        if cfg.norm_adv and (adv_stats is not None or advantages.numel() > 1):
+            mean, std = adv_stats if adv_stats is not None else (advantages.mean(), advantages.std())
+            advantages = (advantages - mean) / (std + 1e-8)
         if weights is not None:
             advantages = advantages * weights
         policy_loss = torch.max(-advantages * ratio,
                                 -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
 
-        value_error = (new_values - returns).pow(2)
-        if cfg.clip_vloss:  # = values + (new_values - values).clamp(-clip, clip), in one op
+        value_loss = (new_values - returns).pow(2)
+        if cfg.clip_vloss:  # the value kept within clip_coef of the rollout's: values + (new - values).clamp(-c, c)
             clipped_values = new_values.clamp(values - cfg.clip_coef, values + cfg.clip_coef)
-            value_error = torch.max(value_error, (clipped_values - returns).pow(2))
-        value_loss = 0.5 * value_error.mean()
+            value_loss = torch.max(value_loss, (clipped_values - returns).pow(2))
+        value_loss = 0.5 * value_loss.mean()
 
         entropy_loss = entropy.mean()
-        # policy_loss - ent_coef * entropy_loss + vf_coef * value_loss, two ops fewer: each op in
-        # the graph costs its forward and backward call, the main cost of a small network's update.
-        total_loss = policy_loss.sub(entropy_loss, alpha=cfg.ent_coef).add(value_loss, alpha=cfg.vf_coef)
+        # = policy_loss - ent_coef * entropy_loss + vf_coef * value_loss
+        total_loss = add_scaled(policy_loss, (-cfg.ent_coef, entropy_loss), (cfg.vf_coef, value_loss))
         return PPOLosses(policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac)
+
+    def vtrace_loss(self, policy: nn.Module, mb: Batch, segments: Batch, weights: torch.Tensor | None) -> PPOLosses:
+        """The PPO loss with V-trace advantages and returns (ppo.vtrace): the policy's outputs first,
+        since the advantages depend on its importance ratios, then the same objective."""
+        _, new_logprobs, entropy, new_values = policy.get_action_and_value(mb.obs, mb.actions)
+        advantages, returns = self.vtrace(segments, new_logprobs)
+        adv_stats = None
+        if self.config.norm_adv and self.config.global_adv_norm and distributed.world_size() > 1:
+            adv_stats = distributed.mean_std([advantages])  # torchrun: over all processes
+        return self.ppo_objective(new_logprobs, entropy, new_values, mb.logprobs, advantages, returns, mb.values,
+                                  weights, adv_stats)
 
     def vtrace(self, segments: Batch, new_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """V-trace advantages and returns of a minibatch's valid steps, recomputed over its whole
@@ -188,113 +256,6 @@ class PPOOptimizer:
         advantages = advantages[valid]
         return advantages, advantages + segments.values[valid]
 
-    def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = (),
-               progress: float = 0.0) -> dict[str, float]:
-        """Advantages, then `update_epochs` x `num_minibatches` optimiser steps; returns mean losses
-        and diagnostics. `progress` (the fraction of training done, 0 to 1) anneals prioritized
-        sampling's importance-weight exponent from ppo.prio_beta0 to 1."""
-        cfg = self.config
-        experience.compute_advantages(cfg.gamma, cfg.gae_lambda)
-        # minibatches of whole segments: for an LSTM's replay, for V-trace, and for prioritized sampling
-        segmented = experience.lstm_size > 0 or cfg.vtrace or cfg.prio_alpha > 0
-        batch = experience.batch(segments=segmented)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        names = ["policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"] + [loss_name(f) for f in custom_loss_fns]
-        if len(set(names)) != len(names):
-            raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
-        history: list[torch.Tensor] = []  # per minibatch: the reported terms, stacked once at the end
-        counts: list[int] = []  # per minibatch: its samples, which weigh its terms over processes
-
-        recurrent = experience.lstm_size > 0  # segments [S, L, ...] replayed through the LSTM (experience.py)
-        n = batch.obs.shape[0]  # samples, or segments
-        edges = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
-        global_adv_norm = cfg.norm_adv and cfg.global_adv_norm and distributed.world_size() > 1
-        if distributed.world_size() > 1:  # every process must run every minibatch: each one all-reduces
-            fewest = int(distributed.all_reduce(torch.tensor(n), distributed.ReduceOp.MIN))
-            if fewest < cfg.num_minibatches:
-                raise ValueError(f"a process has {fewest} {'segments' if segmented else 'valid samples'}, fewer "
-                                 f"than ppo.num_minibatches={cfg.num_minibatches}; use fewer minibatches or longer "
-                                 "rollouts")
-        if cfg.prio_alpha > 0:  # prioritized sampling (Schaul et al. 2016), over segments
-            probs, segment_weights = segment_priorities(batch, cfg.prio_alpha,
-                                                        cfg.prio_beta0 + (1 - cfg.prio_beta0) * progress)
-        for _ in range(cfg.update_epochs):
-            if cfg.prio_alpha > 0:  # each segment of each minibatch drawn by priority (with replacement: the
-                # weights (S p)^-beta assume every draw has probability p)
-                picks = [torch.multinomial(probs, end - start, replacement=True) for start, end in zip(edges[:-1], edges[1:])]
-                minibatches = [batch.select(pick) for pick in picks]
-            else:
-                shuffled = batch.select(torch.randperm(n, device=self.device))  # one gather per epoch, then slices
-                minibatches = [shuffled.select(slice(start, end)) for start, end in zip(edges[:-1], edges[1:])
-                               if end > start]  # none empty unless there are fewer samples than minibatches
-            # what the losses see: the samples, or the segments' valid steps
-            samples = [mb.valid_steps() for mb in minibatches] if segmented else minibatches
-            if global_adv_norm and not cfg.vtrace:  # torchrun: each minibatch's mean and std over all processes
-                adv_mean, adv_std = distributed.mean_std([mb.advantages for mb in samples])  # one all-reduce
-            for i, (segments, mb) in enumerate(zip(minibatches, samples)):
-                policy = self.policy
-                if recurrent:  # the LSTM replayed over the minibatch's segments, from their start states
-                    policy = SegmentReplay(self.policy, segments, mb.obs)
-                weights = None
-                if cfg.prio_alpha > 0:  # each step weighted by its segment's importance weight
-                    weights = segment_weights[picks[i]][:, None].expand_as(segments.mask)[segments.mask.bool()]
-                advantages, returns = mb.advantages, mb.returns
-                if cfg.vtrace:  # the policy's outputs first: the advantages depend on its ratios
-                    _, new_logprobs, entropy, new_values = policy.get_action_and_value(mb.obs, mb.actions)
-                    advantages, returns = self.vtrace(segments, new_logprobs)
-                if global_adv_norm:
-                    mean, std = (adv_mean[i], adv_std[i]) if not cfg.vtrace else distributed.mean_std([advantages])
-                    advantages = (advantages - mean) / (std + 1e-8)
-                if cfg.vtrace:
-                    losses = self.ppo_objective(new_logprobs, entropy, new_values, mb.logprobs, advantages, returns,
-                                                mb.values, not global_adv_norm, weights)
-                else:
-                    losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, advantages, returns, mb.values,
-                                                 normalize_advantages=not global_adv_norm, policy=policy,
-                                                 weights=weights)
-                loss = losses.total_loss
-                custom_values = []
-                for fn in custom_loss_fns:
-                    value = fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages)
-                    loss = loss + value
-                    custom_values.append(value.detach())
-                if not torch.isfinite(loss):
-                    terms = {"policy_loss": losses.policy_loss, "value_loss": losses.value_loss,
-                             "entropy": losses.entropy_loss, **dict(zip(names[5:], custom_values))}
-                    raise FloatingPointError(
-                        "PPO loss is not finite ("
-                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                        + "); lower trainer.learning_rate, check the env's rewards and observations for "
-                        "NaN/inf, or check the custom losses")
-
-                for p in params:  # optimizer.zero_grad(set_to_none=True), minus its per-call overhead
-                    p.grad = None
-                loss.backward()
-                counts.append(len(mb.advantages))
-                # torchrun: one all-reduce, each rank's gradient weighted by its samples; nothing in one process
-                distributed.average_gradients(params, samples=counts[-1])
-                clip_grad_norm(params, cfg.max_grad_norm)
-                optimizer_step(self.optimizer)
-
-                history += [losses.policy_loss.detach(), losses.value_loss.detach(), losses.entropy_loss.detach(),
-                            losses.approx_kl, losses.clipfrac, *custom_values]
-            # torchrun: the processes compare approx_kl over all their samples, so that they stop at the same epoch
-            if cfg.target_kl is not None and float(distributed.weighted_mean(
-                    losses.approx_kl.view(1), torch.tensor([counts[-1]]))) > cfg.target_kl:
-                break
-
-        # per minibatch, the terms' means over all processes' samples (torchrun); then the mean over minibatches
-        means = distributed.weighted_mean(torch.stack(history).view(-1, len(names)), torch.tensor(counts)).mean(0)
-        stats = dict(zip(names, means.tolist()))
-        if segmented:
-            batch = batch.valid_steps()
-        obs_norm = getattr(self.policy, "obs_norm", None)
-        if obs_norm is not None:  # after the update, so that it scored actions as the rollout saw them
-            obs_norm.update(batch.obs.flatten(1))
-        stats["explained_variance"] = explained_variance(batch.values, batch.returns)
-        return stats
-
-
 def segment_priorities(segments: Batch, alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Prioritized sampling of segments: each one's probability p = |A|^alpha / sum (|A| the sum of
     its valid steps' absolute advantages) and its importance weight (S p)^-beta (S segments), which
@@ -303,3 +264,33 @@ def segment_priorities(segments: Batch, alpha: float, beta: float) -> tuple[torc
     priority = torch.nan_to_num(magnitude.pow(alpha), nan=0.0, posinf=0.0) + 1e-6
     probs = priority / priority.sum()
     return probs, (len(probs) * probs).pow(-beta)
+
+
+def segment_minibatch(segments: Batch, segment_weights: torch.Tensor | None = None) -> Minibatch:
+    """A minibatch of segments: their valid steps as the samples, and each step's importance weight
+    from its segment's (prioritized sampling)."""
+    weights = None
+    if segment_weights is not None:
+        weights = segment_weights[:, None].expand_as(segments.mask)[segments.mask.bool()]
+    return Minibatch(segments.valid_steps(), segments, weights)
+
+
+def check_minibatches_on_every_process(batch: Batch, num_minibatches: int, segmented: bool) -> None:
+    """torchrun: every process must run every minibatch (each one all-reduces its gradients), so each
+    needs at least num_minibatches samples (segments). Nothing in one process."""
+    if distributed.world_size() == 1:
+        return
+    fewest = int(distributed.all_reduce(torch.tensor(batch.obs.shape[0]), distributed.ReduceOp.MIN))
+    if fewest < num_minibatches:
+        raise ValueError(f"a process has {fewest} {'segments' if segmented else 'valid samples'}, fewer than "
+                         f"ppo.num_minibatches={num_minibatches}; use fewer minibatches or longer rollouts")
+
+
+def not_finite_error(losses: PPOLosses, custom: dict[str, torch.Tensor]) -> FloatingPointError:
+    """The error for a NaN or infinite loss, naming each term's value and what to try."""
+    terms = {"policy_loss": losses.policy_loss, "value_loss": losses.value_loss, "entropy": losses.entropy_loss,
+             **custom}
+    return FloatingPointError(
+        "PPO loss is not finite (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        + "); lower trainer.learning_rate, check the env's rewards and observations for NaN/inf, or check the "
+        "custom losses")

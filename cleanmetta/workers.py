@@ -9,9 +9,8 @@ the results where the workers wrote them. Only a worker with something to report
 statistics when an episode ends, or an error) sends it through its pipe.
 
 Waiting is polling with a back-off (`wait_for`): a request answered within a few milliseconds costs
-no sleep and wake-up (pipes and semaphores cost ~0.1-0.3 ms per step each way on these machines,
-as much as stepping 16 simulations), and a worker idle through the PPO update sleeps instead of
-taking a core from it.
+no sleep and wake-up (a pipe or semaphore costs as much per step each way as stepping 16
+simulations), and a worker idle through the PPO update sleeps instead of taking a core from it.
 
 The environment itself is whatever `make_env(first, count, arrays)` builds in each worker: `count`
 simulations numbered from `first`, writing into `arrays` (for MettaGrid:

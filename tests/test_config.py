@@ -73,7 +73,7 @@ def with_change(path: str, value) -> TrainingConfig:
     ("ppo.gae_lambda", -0.1, "ppo.gae_lambda=-0.1"),
     ("ppo.update_epochs", 0, "ppo.update_epochs=0"),
     ("ppo.num_minibatches", 0, "ppo.num_minibatches=0"),
-    ("ppo.num_minibatches", 3, "ppo.num_minibatches=3 must divide the batch size env.num_envs x trainer.num_steps = 512; pick a divisor such as 2 or 4"),
+    ("ppo.num_minibatches", 1000, "ppo.num_minibatches=1000 is more than the batch size env.num_envs x trainer.num_steps = 512; use at most 512"),
     ("ppo.clip_coef", 0.0, "ppo.clip_coef=0.0"),
     ("ppo.ent_coef", -0.01, "ppo.ent_coef=-0.01"),
     ("ppo.vf_coef", float("inf"), "ppo.vf_coef=inf"),

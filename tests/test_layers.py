@@ -14,21 +14,23 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [  # bottom first
-    ["config", "distributed", "spaces", "files"],          # 1 plain dataclasses, presets; the process group;
-                                                           #   spaces and how observations are stored; atomic files
+    ["config", "distributed", "spaces", "files", "fast"],  # 1 plain dataclasses, presets; the process group;
+                                                           #   spaces and how observations are stored; atomic
+                                                           #   files; faster equivalents of plain torch calls
     ["curriculum", "normalize", "experience", "workers", "video"],  # 2 tasks, running statistics, buffers,
                                                            #   env worker processes, mp4 files
     ["mettagrid_env", "atari"],                            # 3 the optional MettaGrid and Atari vector envs
     ["envs", "encoders"],                                  # 4 make_vecenv; observation encoders
-    ["policy"],                                            # 5 networks
-    ["collector", "ppo"],                                  # 6 rollout, PPO update
-    ["checkpoint", "log"],                                 # 7 files on disk, metrics
-    ["evaluate", "plot", "losses", "resume"],              # 8 scoring (its CLI reads the policy store); curves;
+    ["networks"],                                          # 5 actor-critic networks and action distributions
+    ["lstm"],                                              # 6 the LSTM core for any network
+    ["policy", "collector", "ppo"],                        # 7 make_policy; rollout, PPO update
+    ["checkpoint", "log"],                                 # 8 files on disk, metrics
+    ["evaluate", "plot", "losses", "resume"],              # 9 scoring (its CLI reads the policy store); curves;
                                                            #   custom losses (kickstart loads a teacher policy);
                                                            #   config files, checkpoints saved and restored
-    ["trainer", "__init__"],                               # 9 run setup and the functional loop; public names
-    ["train", "examples"],                                 # 10 the training script, examples
-    ["benchmarks"],                                        # 11 measure train.py and the components
+    ["trainer", "__init__"],                               # 10 run setup and the functional loop; public names
+    ["train", "examples"],                                 # 11 the training script, examples
+    ["benchmarks"],                                        # 12 measure train.py and the components
 ]
 FLOOR = {name: i + 1 for i, names in enumerate(FLOORS) for name in names}
 PACKAGE = os.path.join(ROOT, "cleanmetta")

@@ -9,7 +9,7 @@ from gymnasium import spaces
 from cleanmetta.config import PPOConfig
 from cleanmetta.experience import Experience
 from cleanmetta.policy import MLPPolicy, Policy
-from cleanmetta.ppo import PPOOptimizer, optimizer_step
+from cleanmetta.ppo import PPOOptimizer
 
 
 class TablePolicy(Policy):
@@ -194,56 +194,6 @@ def test_target_kl_stops_the_update_early():
     early = count_minibatches(PPOConfig(update_epochs=4, num_minibatches=2, target_kl=1e-12,
                                         ent_coef=0.0, norm_adv=False))
     assert full == 8 and early == 2
-
-
-def test_clip_grad_norm_matches_torch():
-    from cleanmetta.ppo import clip_grad_norm
-
-    torch.manual_seed(0)
-    a = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(3)]
-    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    for pa, pb in zip(a, b):
-        pa.grad = torch.randn_like(pa) * 4
-        pb.grad = pa.grad.clone()
-    clip_grad_norm(a, 0.5)
-    torch.nn.utils.clip_grad_norm_(b, 0.5)
-    for pa, pb in zip(a, b):
-        torch.testing.assert_close(pa.grad, pb.grad)
-    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in a])) == pytest.approx(0.5, rel=1e-4)
-
-
-@pytest.mark.parametrize("amsgrad, weight_decay, decoupled", [(False, 0.0, False), (True, 0.01, False),
-                                                              (False, 0.01, True)])
-def test_optimizer_step_matches_adam_step(amsgrad, weight_decay, decoupled):
-    """The fast path in optimizer_step must be exactly Adam.step(), from the first step on."""
-    torch.manual_seed(0)
-    space_obs, space_act = spaces.Box(-1, 1, (4,)), spaces.Discrete(2)
-    policies = [MLPPolicy(space_obs, space_act) for _ in range(2)]
-    policies[1].load_state_dict(policies[0].state_dict())
-    optimizers = [torch.optim.Adam(p.parameters(), lr=1e-2, eps=1e-5, fused=True, amsgrad=amsgrad,
-                                   weight_decay=weight_decay, decoupled_weight_decay=decoupled) for p in policies]
-    step = [lambda opt: opt.step(), optimizer_step]
-    for _ in range(4):
-        obs = torch.randn(8, 4)
-        for policy, optimizer, do_step in zip(policies, optimizers, step):
-            optimizer.param_groups[0]["lr"] *= 0.9  # as the trainer's schedule does
-            policy.zero_grad(set_to_none=True)
-            logits, value = policy(obs)
-            (logits.square().sum() + value.sum()).backward()
-            do_step(optimizer)
-    for a, b in zip(policies[0].parameters(), policies[1].parameters()):
-        assert torch.equal(a, b)
-    for key in ("exp_avg", "exp_avg_sq", "step"):
-        for a, b in zip(optimizers[0].state.values(), optimizers[1].state.values()):
-            assert torch.equal(a[key], b[key])
-
-
-def test_optimizer_step_falls_back_to_step_for_other_optimizers():
-    param = torch.nn.Parameter(torch.ones(3))
-    optimizer = torch.optim.SGD([param], lr=0.5)
-    param.grad = torch.ones(3)
-    optimizer_step(optimizer)
-    assert torch.equal(param.detach(), torch.full((3,), 0.5))
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,

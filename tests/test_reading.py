@@ -1,0 +1,73 @@
+"""docs/reading.md names only files and functions that exist, and its line numbers point into them.
+
+The page writes a file as `path.py` (a path under the project or under cleanmetta/), a function as
+`module.qualname` (module one of ours, or train), and a location as `file.py:N` `module.qualname`.
+"""
+
+import importlib
+import inspect
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGE = os.path.join(ROOT, "docs", "reading.md")
+OURS = {f[:-3] for f in os.listdir(os.path.join(ROOT, "cleanmetta")) if f.endswith(".py")} | {"train"}
+
+
+def page() -> str:
+    with open(PAGE) as f:
+        return f.read()
+
+
+def resolve(reference: str):
+    """The object `module.qualname` names (module: cleanmetta's, or train.py)."""
+    module, *names = reference.split(".")
+    obj = importlib.import_module(module if module == "train" else f"cleanmetta.{module}")
+    for name in names:
+        obj = getattr(obj, name)
+    return obj
+
+
+def code_tokens(text: str) -> list[str]:
+    return re.findall(r"`([^`\s]+)`", text)
+
+
+def test_every_file_it_names_exists():
+    files = [t for t in code_tokens(page()) if t.endswith(".py") and not t.startswith("cleanrl/")]
+    assert files
+    missing = [f for f in files if not (os.path.exists(os.path.join(ROOT, f))
+                                        or os.path.exists(os.path.join(ROOT, "cleanmetta", f)))]
+    assert not missing, missing
+
+
+def test_every_function_it_names_exists():
+    references = [t for t in code_tokens(page()) if re.fullmatch(r"[A-Za-z_]\w*(\.\w+)+", t)
+                  and t.split(".")[0] in OURS and not t.endswith(".py")]
+    assert len(references) > 20
+    for reference in references:
+        assert callable(resolve(reference)), reference
+
+
+def locations(text: str) -> list[tuple[str, int, str]]:
+    return [(f, int(n), ref) for f, n, ref in re.findall(r"`([\w/]+\.py):(\d+)` `([\w.]+)`", text)]
+
+
+def test_every_line_number_points_into_the_function_beside_it():
+    found = locations(page())
+    assert len(found) >= 14
+    for file, line, reference in found:
+        obj = inspect.unwrap(resolve(reference))
+        source, start = inspect.getsourcelines(obj)
+        assert os.path.basename(inspect.getsourcefile(obj)) == os.path.basename(file), (file, reference)
+        assert start <= line < start + len(source), f"{file}:{line} is not in {reference} (lines {start}-" \
+                                                    f"{start + len(source) - 1}); update docs/reading.md"
+
+
+def test_the_six_answers_need_at_most_five_files_and_fifteen_functions():
+    table = page().split("## Six questions, side by side", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "?" in line.split("|")[1]]
+    assert len(rows) == 6
+    answers = [location for row in rows for location in locations(row.split("|")[3])]
+    assert all(locations(row.split("|")[3]) for row in rows)  # every question answered with a location
+    assert len({file for file, _, _ in answers}) <= 5
+    assert len({reference for _, _, reference in answers}) <= 15
