@@ -13,7 +13,8 @@ All train PPO with CleanRL's Atari settings (8 envs x 128 steps, 4 minibatches x
 This file holds none of CleanRL's code: `--cleanrl` names a CleanRL checkout (or its
 cleanrl/ppo_atari.py, with ppo_atari_envpool.py beside it); each run copies the script into a
 scratch directory and adapts the copy to gymnasium 1.x and ale-py 0.12 with the text substitutions
-in SUBSTITUTIONS (each must match, or the run stops and says which did not): ale-py's ids
+in SUBSTITUTIONS (benchmarks/cleanrl_scripts.py: each must match, or the run stops and says which
+did not): ale-py's ids
 registered, FrameStack and GrayScaleObservation under their gymnasium 1.x names, same-step
 autoreset as gymnasium 0.29 had (as CleanRL's own gymnasium-1.x branch does), the episode
 statistics read from gymnasium 1.x's `final_info` dict; for the envpool script, envpool's gymnasium
@@ -51,7 +52,6 @@ against agent steps and wall time, mean and range over seeds) to results/atari.p
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import importlib.util
 import json
@@ -66,6 +66,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 import compare  # noqa: E402  (this folder is first on sys.path)
+from cleanrl_scripts import COMMON, FINAL_INFO, MARK, adapt, read_run, same_step_autoreset  # noqa: E402
 
 # benchmarks/ off the path once compare is in: its mettagrid.py would shadow the mettagrid package
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]
@@ -78,72 +79,30 @@ FINAL_WINDOW = 20  # the final score: mean of the last 20 finished games
 WRAPPERS_CLEANRL = "from cleanrl_utils.atari_wrappers import ("
 WRAPPERS_SB3 = "from stable_baselines3.common.atari_wrappers import ("
 
-# (what it is for, CleanRL's text, its replacement). Lines added are marked `# benchmarks/atari.py`.
-# Both scripts: where the run's files go, and the two files cleanmetta's run directory has.
-COMMON = [
-    ("the run's files (runs/, episodes.csv, summary.json) go to the script's scratch directory",
-     "    args = tyro.cli(Args)\n",
-     "    os.chdir(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/atari.py\n"
-     "    args = tyro.cli(Args)\n"),
-    ("episodes.csv, opened when the clock starts",
-     "    start_time = time.time()\n",
-     "    start_time = time.time()\n"
-     "    episodes_csv = open(\"episodes.csv\", \"w\", buffering=1)  # benchmarks/atari.py\n"
-     "    episodes_csv.write(\"agent_steps,seconds,return,length\\n\")  # benchmarks/atari.py\n"),
-    ("summary.json: agent steps and seconds of the training loop",
-     "    envs.close()\n    writer.close()\n",
-     "    envs.close()\n    writer.close()\n"
-     "    seconds = time.time() - start_time  # benchmarks/atari.py\n"
-     "    with open(\"summary.json\", \"w\") as f:  # benchmarks/atari.py\n"
-     "        json.dump({\"agent_steps\": global_step, \"seconds\": seconds,  # benchmarks/atari.py\n"
-     "                   \"steps_per_second\": global_step / seconds}, f)  # benchmarks/atari.py\n"),
-]
 SUBSTITUTIONS = {  # per script
     "ppo_atari.py": COMMON + [
-        ("register ale-py's ids (gymnasium 1.x registers them only when ale_py is imported); json for summary.json",
+        ("register ale-py's ids (gymnasium 1.x registers them only when ale_py is imported)",
          "import gymnasium as gym\n",
          "import gymnasium as gym\n"
-         "import ale_py  # benchmarks/atari.py\n"
-         "import json  # benchmarks/atari.py\n"
-         "gym.register_envs(ale_py)  # benchmarks/atari.py\n"),
+         "import ale_py" + MARK + "\n"
+         "gym.register_envs(ale_py)" + MARK + "\n"),
         ("GrayScaleObservation is GrayscaleObservation in gymnasium 1.x",
          "gym.wrappers.GrayScaleObservation(env)",
          "gym.wrappers.GrayscaleObservation(env)"),
         ("FrameStack is FrameStackObservation in gymnasium 1.x (same padding: the reset frame)",
          "gym.wrappers.FrameStack(env, 4)",
          "gym.wrappers.FrameStackObservation(env, 4)"),
-        ("same-step autoreset, as gymnasium 0.29 did (gymnasium 1.x's default is next-step)",
-         "for i in range(args.num_envs)],\n    )",
-         "for i in range(args.num_envs)],\n"
-         "        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # benchmarks/atari.py\n    )"),
-        ("gymnasium 1.x's final_info is one dict of arrays (with an _episode mask), not a list of dicts; "
-         "each finished game also goes to episodes.csv",
-         """            if "final_info" in infos:
-                for info in infos["final_info"]:
-                    if info and "episode" in info:
-                        print(f"global_step={global_step}, episodic_return={info['episode']['r']}")
-                        writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
-                        writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
-""",
-         """            if "final_info" in infos and "episode" in infos["final_info"]:  # benchmarks/atari.py: from here
-                final = infos["final_info"]
-                for i in np.flatnonzero(final["_episode"]):
-                    r, l = float(final["episode"]["r"][i]), int(final["episode"]["l"][i])
-                    print(f"global_step={global_step}, episodic_return={r}")
-                    writer.add_scalar("charts/episodic_return", r, global_step)
-                    writer.add_scalar("charts/episodic_length", l, global_step)
-                    episodes_csv.write(f"{global_step},{time.time() - start_time:.3f},{r:.6g},{l}\\n")  # to here
-"""),
+        same_step_autoreset("for i in range(args.num_envs)],\n    )"),
+        FINAL_INFO,
     ],
     "ppo_atari_envpool.py": COMMON + [
-        ("envpool's gymnasium API instead of the old gym package's; json for summary.json",
+        ("envpool's gymnasium API instead of the old gym package's",
          "import gym\n",
-         "import gymnasium as gym  # benchmarks/atari.py\n"
-         "import json  # benchmarks/atari.py\n"),
+         "import gymnasium as gym" + MARK + "\n"),
         ("envpool's gymnasium API", 'env_type="gym",', 'env_type="gymnasium",'),
         ("the old gym's Wrapper, which passed attributes through (gymnasium 1.x's does not)",
          "class RecordEpisodeStatistics(gym.Wrapper):\n",
-         "class _Wrapper:  # benchmarks/atari.py: from here\n"
+         "class _Wrapper:  # cleanmetta benchmark: from here\n"
          "    def __init__(self, env):\n"
          "        self.env = env\n\n"
          "    def __getattr__(self, name):\n"
@@ -156,20 +115,20 @@ SUBSTITUTIONS = {  # per script
         ("the wrapper first: envpool's gymnasium envs have read-only num_envs and spaces",
          "    envs.num_envs = args.num_envs\n    envs.single_action_space = envs.action_space\n"
          "    envs.single_observation_space = envs.observation_space\n    envs = RecordEpisodeStatistics(envs)\n",
-         "    envs = RecordEpisodeStatistics(envs)  # benchmarks/atari.py\n    envs.num_envs = args.num_envs\n"
+         "    envs = RecordEpisodeStatistics(envs)  # cleanmetta benchmark\n    envs.num_envs = args.num_envs\n"
          "    envs.single_action_space = envs.action_space\n    envs.single_observation_space = envs.observation_space\n"),
         ("gymnasium's reset returns (observations, infos)",
          "        observations = super().reset(**kwargs)\n",
-         "        observations, _ = super().reset(**kwargs)  # benchmarks/atari.py\n"),
+         "        observations, _ = super().reset(**kwargs)  # cleanmetta benchmark\n"),
         ("gymnasium's step returns terminations and truncations",
          "        observations, rewards, dones, infos = super().step(action)\n",
-         "        observations, rewards, terminations, truncations, infos = super().step(action)  # benchmarks/atari.py\n"
-         "        dones = terminations | truncations  # benchmarks/atari.py\n"),
+         "        observations, rewards, terminations, truncations, infos = super().step(action)  # cleanmetta benchmark\n"
+         "        dones = terminations | truncations  # cleanmetta benchmark\n"),
         ("each finished game also goes to episodes.csv",
          "                    print(f\"global_step={global_step}, episodic_return={info['r'][idx]}\")\n",
          "                    print(f\"global_step={global_step}, episodic_return={info['r'][idx]}\")\n"
-         "                    episodes_csv.write(f\"{global_step},{time.time() - start_time:.3f},\"  # benchmarks/atari.py\n"
-         "                                       f\"{info['r'][idx]:.6g},{info['l'][idx]}\\n\")  # benchmarks/atari.py\n"),
+         "                    episodes_csv.write(f\"{global_step},{time.time() - start_time:.3f},\"  # cleanmetta benchmark\n"
+         "                                       f\"{info['r'][idx]:.6g},{info['l'][idx]}\\n\")  # cleanmetta benchmark\n"),
     ],
 }
 
@@ -187,8 +146,8 @@ def find_cleanrl(path: str, library: str) -> tuple[str, str | None]:
 
 
 def adapt_cleanrl(script: str, utils: str | None, dest: str) -> str:
-    """Copy CleanRL's script (and the checkout's cleanrl_utils) into `dest`, apply its SUBSTITUTIONS to
-    the copy; return the copy's path. Stops with a message naming the substitution that no longer matches."""
+    """Copy CleanRL's script (and the checkout's cleanrl_utils) into `dest` and adapt the copy with its
+    SUBSTITUTIONS (cleanrl_scripts.adapt); return the copy's path."""
     with open(script) as f:
         text = f.read()
     if WRAPPERS_CLEANRL in text and utils is None:
@@ -197,19 +156,10 @@ def adapt_cleanrl(script: str, utils: str | None, dest: str) -> str:
     if WRAPPERS_SB3 in text and importlib.util.find_spec("stable_baselines3") is None:
         raise SystemExit(f"{script} imports stable_baselines3's Atari wrappers (or the checkout's cleanrl_utils "
                          "is missing): pip install stable-baselines3")
-    for what, old, new in SUBSTITUTIONS[os.path.basename(script)]:
-        if text.count(old) != 1:
-            raise SystemExit(f"{script}: cannot adapt it to gymnasium 1.x ({what}): expected this text once, found "
-                             f"it {text.count(old)} times:\n{old}\nThe script has changed; update SUBSTITUTIONS in "
-                             "benchmarks/atari.py.")
-        text = text.replace(old, new)
-    os.makedirs(dest, exist_ok=True)
+    copy = adapt(script, SUBSTITUTIONS[os.path.basename(script)], dest, "benchmarks/atari.py", text)
     if utils is not None and WRAPPERS_CLEANRL in text:
         shutil.copytree(utils, os.path.join(dest, "cleanrl_utils"), dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    copy = os.path.join(dest, os.path.basename(script))
-    with open(copy, "w") as f:
-        f.write(text)
     return copy
 
 
@@ -226,17 +176,6 @@ def check_cleanrl_needs(library: str, python: str) -> None:
         raise SystemExit(f"CleanRL's {SCRIPTS[library]} needs, for {python}: pip install "
                          + " ".join(missing[m].split()[0] for m in absent) + "  ("
                          + "; ".join(missing[m] for m in absent) + ")")
-
-
-def read_run(run_dir: str) -> tuple[dict, list[tuple[int, float, float, int]]]:
-    """summary.json and the finished episodes (agent_steps, seconds, return, length) of episodes.csv,
-    as cleanmetta's run directory and the adapted CleanRL script both write them."""
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
-    with open(os.path.join(run_dir, "episodes.csv"), newline="") as f:
-        episodes = [(int(r["agent_steps"]), float(r["seconds"]), float(r["return"]), int(r["length"]))
-                    for r in csv.DictReader(f) if r.get("length")]
-    return summary, episodes
 
 
 def run_cleanmetta(library: str, seed: int, steps: int, workdir: str, device: str, extra: list[str]

@@ -615,6 +615,19 @@ def continuous_config() -> TrainingConfig:
     )
 
 
+def mountaincar_config() -> TrainingConfig:
+    """MountainCar-v0, which CleanRL's ppo.py settings do not solve (-200: the car never reaches the
+    flag, so every return is the same and the advantages teach nothing): rl-zoo's PPO settings for
+    this task, 16 envs x 16 steps, 4 minibatches x 4 epochs, lr 3e-4 constant, GAE lambda 0.98, no
+    entropy bonus, observations and rewards normalised by running statistics."""
+    return TrainingConfig(
+        env=EnvConfig(id="MountainCar-v0", num_envs=16),
+        agent=AgentConfig(normalize_obs=True),
+        trainer=TrainerConfig(total_timesteps=500_000, num_steps=16, learning_rate=3e-4, anneal_lr=False),
+        ppo=PPOConfig(gae_lambda=0.98, ent_coef=0.0, normalize_reward=True),
+    )
+
+
 def mettagrid_config() -> TrainingConfig:
     """Multi-agent PPO on MettaGrid's hearts task (needs the `mettagrid` extra).
 
@@ -672,6 +685,7 @@ def atari_config() -> TrainingConfig:
 
 
 PRESETS = {"default": TrainingConfig, "small_fast": small_fast_config, "continuous": continuous_config,
+           "mountaincar": mountaincar_config,
            "mettagrid": mettagrid_config, "mettagrid_lstm": mettagrid_lstm_config,
            "cartpole_lstm": cartpole_lstm_config, "atari": atari_config}
 """Named starting points for `python train.py --preset NAME`."""

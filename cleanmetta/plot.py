@@ -93,23 +93,30 @@ def draw_curves(experiments: dict[str, list[np.ndarray]], title: str = "", windo
     columns = 2 if max(len(text) for text in labels.values()) <= 45 else 1
     lines = sum(text.count("\n") + 1 for text in labels.values()) / columns
     fig, axes = plt.subplots(1, 2, figsize=(11, 4 + 0.22 * lines), layout="constrained")
+    draw_curve_axes(axes, {labels[label]: runs for label, runs in experiments.items()}, window)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=columns, fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def draw_curve_axes(axes, experiments: dict[str, list[np.ndarray]], window: int = 20,
+                    ylabel: str | None = None) -> None:
+    """Each experiment's mean (and, over several seeds, its range) on a pair of matplotlib axes: against
+    agent steps, and against training seconds. An array per seed: (step, seconds, return) rows."""
     for label, runs in experiments.items():
         if not runs:
             raise PlotError(f"experiment {label!r} has no runs to plot")
         for ax, column in zip(axes, (0, 1)):
             x, mean, low, high = experiment_curve(runs, column, window)
-            (line,) = ax.plot(x, mean, label=labels[label])
+            (line,) = ax.plot(x, mean, label=label)
             if len(runs) > 1:
                 ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     axes[0].set_xlabel("agent steps")
     axes[1].set_xlabel("training seconds")
     for ax in axes:
-        ax.set_ylabel(f"episodic return (mean of last {window})")
+        ax.set_ylabel(ylabel or f"episodic return (mean of last {window})")
         ax.grid(alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=columns, fontsize="small")
-    if title:
-        fig.suptitle(title)
-    return fig
 
 
 def plot_curves(experiments: dict[str, list[np.ndarray]], out: str, title: str = "", window: int = 20) -> str:

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import tyro
 
-from cleanmetta.config import (AgentConfig, ConfigError, EnvConfig, PPOConfig, TrainerConfig, TrainingConfig,
-                               small_fast_config)
+from cleanmetta.config import (PRESETS, AgentConfig, ConfigError, EnvConfig, PPOConfig, TrainerConfig,
+                               TrainingConfig, small_fast_config)
 
 
 def test_defaults_are_the_cartpole_reference_settings():
@@ -94,3 +94,16 @@ def test_validate_reports_every_error_at_once():
     with pytest.raises(ConfigError) as err:
         config.validate()
     assert "ppo.gamma=2.0" in str(err.value) and "env.num_envs=0" in str(err.value)
+
+
+def test_every_preset_is_valid():
+    for name, make in PRESETS.items():
+        assert make().validate() is not None, name
+
+
+def test_the_mountaincar_preset_has_rl_zoos_settings():
+    c = PRESETS["mountaincar"]()
+    assert (c.env.id, c.env.num_envs, c.trainer.num_steps) == ("MountainCar-v0", 16, 16)
+    assert (c.ppo.num_minibatches, c.ppo.update_epochs, c.ppo.gae_lambda, c.ppo.ent_coef) == (4, 4, 0.98, 0.0)
+    assert (c.trainer.learning_rate, c.trainer.anneal_lr) == (3e-4, False)
+    assert c.agent.normalize_obs and c.ppo.normalize_reward

@@ -1,21 +1,28 @@
-"""docs/reading.md names only files and functions that exist, and its line numbers point into them.
+"""docs/reading.md and docs/ppo_details.md name only files, functions and flags that exist, and
+reading.md's line numbers point into the functions beside them.
 
-The page writes a file as `path.py` (a path under the project or under cleanmetta/), a function as
-`module.qualname` (module one of ours, or train), and a location as `file.py:N` `module.qualname`.
+The pages write a file as `path.py` (a path under the project or under cleanmetta/), a function or
+class as `module.qualname` (module one of ours, or train), a flag as `--section.field-name`, and a
+location as `file.py:N` `module.qualname`.
 """
 
+import dataclasses
 import importlib
 import inspect
 import os
 import re
 
+import pytest
+
+from cleanmetta.config import TrainingConfig
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGE = os.path.join(ROOT, "docs", "reading.md")
+PAGES = ["reading.md", "ppo_details.md"]
 OURS = {f[:-3] for f in os.listdir(os.path.join(ROOT, "cleanmetta")) if f.endswith(".py")} | {"train"}
 
 
-def page() -> str:
-    with open(PAGE) as f:
+def page(name: str = "reading.md") -> str:
+    with open(os.path.join(ROOT, "docs", name)) as f:
         return f.read()
 
 
@@ -32,20 +39,35 @@ def code_tokens(text: str) -> list[str]:
     return re.findall(r"`([^`\s]+)`", text)
 
 
-def test_every_file_it_names_exists():
-    files = [t for t in code_tokens(page()) if t.endswith(".py") and not t.startswith("cleanrl/")]
+@pytest.mark.parametrize("name", PAGES)
+def test_every_file_it_names_exists(name):
+    files = [t for t in code_tokens(page(name)) if t.endswith(".py") and not t.startswith("cleanrl/")]
     assert files
     missing = [f for f in files if not (os.path.exists(os.path.join(ROOT, f))
                                         or os.path.exists(os.path.join(ROOT, "cleanmetta", f)))]
     assert not missing, missing
 
 
-def test_every_function_it_names_exists():
-    references = [t for t in code_tokens(page()) if re.fullmatch(r"[A-Za-z_]\w*(\.\w+)+", t)
+@pytest.mark.parametrize("name", PAGES)
+def test_every_function_it_names_exists(name):
+    references = [t for t in code_tokens(page(name)) if re.fullmatch(r"[A-Za-z_]\w*(\.\w+)+", t)
                   and t.split(".")[0] in OURS and not t.endswith(".py")]
     assert len(references) > 20
     for reference in references:
         assert callable(resolve(reference)), reference
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_flag_it_names_exists(name):
+    flags = re.findall(r"`(--[a-z_]+\.[a-z0-9-]+)", page(name))
+    if name == "ppo_details.md":
+        assert len(flags) > 20
+    for flag in flags:
+        section, field = flag[2:].split(".")
+        field = field.replace("-", "_")
+        config = getattr(TrainingConfig(), section)
+        names = {f.name for f in dataclasses.fields(config)}
+        assert field in names or field.removeprefix("no_") in names, f"{flag} is not a flag of train.py"
 
 
 def locations(text: str) -> list[tuple[str, int, str]]:
