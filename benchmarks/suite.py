@@ -126,13 +126,26 @@ def run_one(name: str, task: Task, library: str, seed: int, cleanrl: str | None)
             shown = ["OMP_NUM_THREADS=1", "python", f"cleanrl/{task.cleanrl}", *command[4:]]
         wall, rss = compare.run_process(command)
         summary, episodes = read_run(run_dir)
-    source = cleanrl if library == "cleanrl" else ROOT
-    commit = subprocess.run(["git", "-C", source, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    final = [ret for _, _, ret, _ in episodes[-WINDOW:]]
     return {"task": name, "env_id": task.env_id, "library": library, "seed": seed, "steps": task.steps,
-            "command": " ".join(shown), "commit": commit.stdout.strip() or None, "machine": machine(),
-            "wall_s": wall, "peak_rss_mb": rss,
-            "sps": summary["steps_per_second"], "agent_steps": summary["agent_steps"],
+            "command": " ".join(shown), "commit": (commit_of(cleanrl, "cleanrl") if library == "cleanrl"
+                                                   else commit_of(ROOT, "cleanmetta", "train.py")),
+            "machine": machine(), "wall_s": wall, "peak_rss_mb": rss, **measured(summary, episodes)}
+
+
+def commit_of(checkout: str, *code: str) -> str | None:
+    """The checkout's commit, with "+changes" when the files of its `code` paths differ from it."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True)
+
+    commit = git("rev-parse", "--short=7", "HEAD").stdout.strip()
+    changed = git("diff", "--quiet", "HEAD", "--", *code).returncode != 0
+    return (commit + ("+changes" if changed else "")) if commit else None
+
+
+def measured(summary: dict, episodes: list[tuple[int, float, float, int]]) -> dict:
+    """The run's speed and score from what it wrote."""
+    final = [ret for _, _, ret, _ in episodes[-WINDOW:]]
+    return {"sps": summary["steps_per_second"], "agent_steps": summary["agent_steps"],
             "score": statistics.fmean(final) if final else None, "episodes": len(episodes),
             "curve": curve(episodes)}
 
