@@ -71,6 +71,8 @@ from cleanrl_scripts import COMMON, FINAL_INFO, MARK, adapt, read_run, same_step
 # benchmarks/ off the path once compare is in: its mettagrid.py would shadow the mettagrid package
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]
 
+from cleanmetta.files import write_json  # noqa: E402
+
 LIBRARIES = ["cleanmetta", "cleanmetta_bf16", "cleanrl", "cleanrl_envpool"]
 CLEANMETTA = {"cleanmetta": [], "cleanmetta_bf16": ["--ppo.bf16"]}  # cleanmetta's variants: train.py flags
 SCRIPTS = {"cleanrl": "ppo_atari.py", "cleanrl_envpool": "ppo_atari_envpool.py"}  # CleanRL's, by library
@@ -225,10 +227,7 @@ def load(out: str, fresh: bool, settings: dict) -> dict:
 
 
 def save(results: dict, out: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(out + ".tmp", out)  # a kill mid-write leaves the previous results whole
+    write_json(out, results)  # atomic: a kill mid-write leaves the previous results whole
 
 
 def table(results: dict, libraries: list[str]) -> str:

@@ -17,7 +17,6 @@ Results are written after each pair, so an interrupted run keeps what it measure
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ from torch.distributions import Categorical
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cleanmetta import fast  # noqa: E402
+from cleanmetta.files import write_json  # noqa: E402
 from cleanmetta.networks import MLPPolicy  # noqa: E402
 
 # The default run: 500k steps of 4 envs x 128 steps (977 rollouts), 4 epochs x 4 minibatches of 128.
@@ -136,9 +136,7 @@ def main() -> None:
         results["pairs"].append({"name": name, "called once per": unit, "plain": plain_call, "plain_us": plain_us,
                                  "trick_us": trick_us, "saved_s_per_default_run": per_run, "times_us": times})
         if args.out:
-            with open(args.out + ".tmp", "w") as f:
-                json.dump(results, f, indent=2)
-            os.replace(args.out + ".tmp", args.out)
+            write_json(args.out, results)
 
 
 if __name__ == "__main__":

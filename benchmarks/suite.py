@@ -52,6 +52,7 @@ sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # be
 import numpy as np  # noqa: E402
 
 from cleanmetta.config import import_extra  # noqa: E402
+from cleanmetta.files import write_text  # noqa: E402
 from cleanmetta.plot import draw_curve_axes, last_mean  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "suite")
@@ -244,8 +245,7 @@ def draw(runs: dict[str, dict[str, list[dict]]], out: str) -> str | None:
 def write_report(runs: dict[str, dict[str, list[dict]]]) -> None:
     report = table(runs)
     print("\n" + report)
-    with open(os.path.join(HERE, "results", "suite.md"), "w") as f:
-        f.write(report + "\n")
+    write_text(os.path.join(HERE, "results", "suite.md"), report + "\n")
     picture = draw(runs, os.path.join(HERE, "results", "suite.png"))
     readme = os.path.join(ROOT, "README.md")
     with open(readme) as f:
@@ -254,9 +254,7 @@ def write_report(runs: dict[str, dict[str, list[dict]]]) -> None:
         before, rest = text.split(README_START, 1)
         after = rest.split(README_END, 1)[1]
         figure = "\n\n![every task's learning curves](benchmarks/results/suite.png)" if picture else ""
-        with open(readme + ".tmp", "w") as f:
-            f.write(before + README_START + "\n" + report + figure + "\n" + README_END + after)
-        os.replace(readme + ".tmp", readme)
+        write_text(readme, before + README_START + "\n" + report + figure + "\n" + README_END + after)
 
 
 def main() -> None:
@@ -287,10 +285,7 @@ def main() -> None:
                     if os.path.exists(path) and not args.fresh:
                         continue
                     result = run_one(name, TASKS[name], lib, seed, args.cleanrl)
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    with open(path + ".tmp", "w") as f:
-                        json.dump(result, f)
-                    os.replace(path + ".tmp", path)  # a kill mid-write leaves no half result
+                    write_text(path, json.dumps(result))  # atomic: a kill mid-write leaves no half result
                     score = "no episode finished" if result["score"] is None else f"{result['score']:.2f}"
                     print(f"{name:18s} {lib:10s} seed {seed}: score {score}, {result['sps']:,.0f} steps/s, "
                           f"{result['wall_s'] / 60:.1f} min", flush=True)

@@ -179,11 +179,15 @@ class PPOOptimizer:
                            for part in parts]
         else:
             minibatches = [Minibatch(shuffled.select(part)) for part in parts]
-        if cfg.norm_adv and cfg.global_adv_norm and distributed.world_size() > 1 and not cfg.vtrace:
+        if self.normalizes_over_processes() and not cfg.vtrace:
             # torchrun: each minibatch's advantages normalised with all processes' statistics (one all-reduce)
             means, stds = distributed.mean_std([mb.samples.advantages for mb in minibatches])
             minibatches = [mb._replace(adv_stats=(mean, std)) for mb, mean, std in zip(minibatches, means, stds)]
         return minibatches
+
+    def normalizes_over_processes(self) -> bool:
+        """torchrun with ppo.global_adv_norm: advantages normalised with all processes' statistics."""
+        return self.config.norm_adv and self.config.global_adv_norm and distributed.world_size() > 1
 
     def compute_ppo_loss(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
                          advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
@@ -236,9 +240,7 @@ class PPOOptimizer:
         since the advantages depend on its importance ratios, then the same objective."""
         _, new_logprobs, entropy, new_values = policy.get_action_and_value(mb.obs, mb.actions)
         advantages, returns = self.vtrace(segments, new_logprobs)
-        adv_stats = None
-        if self.config.norm_adv and self.config.global_adv_norm and distributed.world_size() > 1:
-            adv_stats = distributed.mean_std([advantages])  # torchrun: over all processes
+        adv_stats = distributed.mean_std([advantages]) if self.normalizes_over_processes() else None  # torchrun
         return self.ppo_objective(new_logprobs, entropy, new_values, mb.logprobs, advantages, returns, mb.values,
                                   weights, adv_stats)
 
