@@ -52,7 +52,8 @@ def main(config: TrainingConfig) -> dict:
     run_dir = run_dir_for(config)
 
     # Build the parts.
-    vecenv = make_vecenv(config.env, seed, make_curriculum(config.env, config.curriculum))
+    curriculum = make_curriculum(config.env, config.curriculum, config.seed)  # the tasks, and each episode's choice
+    vecenv = make_vecenv(config.env, seed, curriculum)
     policy = make_policy(config.agent, vecenv.single_observation_space, vecenv.single_action_space).to(device)
     distributed.broadcast_module(policy)  # torchrun: every rank starts from rank 0's weights
     optimizer = make_optimizer(policy, config.trainer, device)
@@ -62,7 +63,8 @@ def main(config: TrainingConfig) -> dict:
     reward_scaler = make_reward_scaler(config, vecenv)  # None unless ppo.normalize_reward
     evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic,
                                 video_dir(run_dir) if config.evaluation.video else None)  # videos: mp4 / replays
-    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler)
+    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler,
+                                            curriculum)
     num_epochs = num_epochs_for(config, experience)
     if finished(run_dir, epoch, agent_steps, num_epochs):  # --resume of a finished run: say so, change nothing
         vecenv.close()
@@ -88,21 +90,23 @@ def main(config: TrainingConfig) -> dict:
 
             rollout_stats, num_steps = collector.collect()
             agent_steps += num_steps
+            curriculum_stats = curriculum.update(rollout_stats)  # learning progress: the episodes' scores pick the tasks
             set_agent_steps(custom_losses, agent_steps)  # kickstart: the teacher's weight fades with agent steps
             update_stats = ppo.update(experience, custom_losses, progress=(epoch + 1) / num_epochs)
             epoch += 1
-            logger.log_epoch(agent_steps, rollout_stats, update_stats, learning_rate)
+            logger.log_epoch(agent_steps, rollout_stats, update_stats, learning_rate, curriculum_stats)
 
             if config.evaluation.interval and epoch % config.evaluation.interval == 0:
                 scores = evaluate_and_log(evaluator, policy, logger, agent_steps)
             last = stop.sync() or epoch >= num_epochs  # torchrun: a signal to any rank stops all at this epoch
             if last or (config.checkpoint.interval and epoch % config.checkpoint.interval == 0):
-                save_checkpoint(checkpointer, config, policy, optimizer, epoch, agent_steps, scores, reward_scaler)
+                save_checkpoint(checkpointer, config, policy, optimizer, epoch, agent_steps, scores, reward_scaler,
+                                curriculum)
 
     logger.close()
     vecenv.close()
     distributed.close()  # torchrun: leave the process group
-    return {"run_dir": run_dir, "policy": policy, "epoch": epoch, **logger.summary()}
+    return {"run_dir": run_dir, "policy": policy, "curriculum": curriculum, "epoch": epoch, **logger.summary()}
 
 
 BASES = {  # read before the other flags, in this order; each replaces the base config

@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,24 @@ TASKS = {
     "pendulum": Task("Pendulum-v1", "continuous", 1_000_000, -200.0),
     "halfcheetah": Task("HalfCheetah-v5", "continuous", 1_000_000, 1000.0),
 }
+
+
+def commit_of(checkout: str, *code: str) -> str | None:
+    """The checkout's commit, with "+changes" when the files of its `code` paths differ from it."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True)
+
+    commit = git("rev-parse", "--short=7", "HEAD").stdout.strip()
+    changed = git("diff", "--quiet", "HEAD", "--", *code).returncode != 0
+    return (commit + ("+changes" if changed else "")) if commit else None
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    import torch  # only for its version: the runs themselves are subprocesses
+
+    return f"{os.cpu_count()}-core CPU ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def run_process(command: list[str]) -> tuple[float, float]:

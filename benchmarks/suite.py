@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -128,19 +126,9 @@ def run_one(name: str, task: Task, library: str, seed: int, cleanrl: str | None)
         wall, rss = compare.run_process(command)
         summary, episodes = read_run(run_dir)
     return {"task": name, "env_id": task.env_id, "library": library, "seed": seed, "steps": task.steps,
-            "command": " ".join(shown), "commit": (commit_of(cleanrl, "cleanrl") if library == "cleanrl"
-                                                   else commit_of(ROOT, "cleanmetta", "train.py")),
-            "machine": machine(), "wall_s": wall, "peak_rss_mb": rss, **measured(summary, episodes)}
-
-
-def commit_of(checkout: str, *code: str) -> str | None:
-    """The checkout's commit, with "+changes" when the files of its `code` paths differ from it."""
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True)
-
-    commit = git("rev-parse", "--short=7", "HEAD").stdout.strip()
-    changed = git("diff", "--quiet", "HEAD", "--", *code).returncode != 0
-    return (commit + ("+changes" if changed else "")) if commit else None
+            "command": " ".join(shown), "commit": (compare.commit_of(cleanrl, "cleanrl") if library == "cleanrl"
+                                                   else compare.commit_of(ROOT, "cleanmetta", "train.py")),
+            "machine": compare.machine(), "wall_s": wall, "peak_rss_mb": rss, **measured(summary, episodes)}
 
 
 def measured(summary: dict, episodes: list[tuple[int, float, float, int]]) -> dict:
@@ -160,14 +148,6 @@ def curve(episodes: list[tuple[int, float, float, int]], points: int = 200) -> l
     means = last_mean(steps, returns, grid, WINDOW)
     at = np.searchsorted(steps, grid, side="right").clip(1, len(steps)) - 1
     return [[float(x), float(seconds[i]), float(m)] for x, i, m in zip(grid, at, means) if not np.isnan(m)]
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    import torch  # only for its version: the runs themselves are subprocesses
-
-    return f"{os.cpu_count()}-core CPU ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def load_runs() -> dict[str, dict[str, list[dict]]]:

@@ -9,7 +9,7 @@ This module owns the values and their consistency checks (`TrainingConfig.valida
 build anything from them, and it imports nothing from the rest of cleanmetta: every other module
 builds on it. Where a value names something another module defines (a network, a custom loss),
 its type lists the names (a `Literal`, so `--help` shows the choices) and a test keeps each list
-equal to the table in that module (policy.POLICIES, losses.CUSTOM_LOSSES).
+equal to the table in that module (policy.POLICIES, losses.CUSTOM_LOSSES, curriculum.CURRICULA).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ CustomLossName = Literal["curiosity", "diversity", "kickstart"]
 """losses.CUSTOM_LOSSES' losses."""
 LRScheduleName = Literal["linear", "cosine"]
 """trainer.learning_rate_at's decays."""
+CurriculumName = Literal["random", "learning_progress"]
+"""curriculum.CURRICULA's algorithms."""
 
 
 @dataclass
@@ -238,12 +240,37 @@ class EvalConfig:
 
 @dataclass
 class CurriculumConfig:
-    """Which tasks the training environments play."""
+    """Which tasks the training environments play, and how each episode's task is chosen (curriculum.py)."""
 
     tasks: list[str] = field(default_factory=list)
-    """tasks as gymnasium ids with optional kwargs, 'ID' or 'ID:key=value,key=value' (empty: env.id alone)."""
+    """tasks or task families, 'ID' or 'ID:key=value,...' (empty: env.id alone). A family draws settings:
+    'key=1..8' integers, 'key=0.5..2.0' floats (both ends included), 'key=a|b|c' a choice, e.g.
+    'mettagrid/hearts:altars=1..8,width=9..25'."""
     weights: list[float] = field(default_factory=list)
-    """sampling weight of each task at every episode start (empty: uniform)."""
+    """sampling weight of each entry of tasks (empty: uniform); learning_progress: of each family's new tasks."""
+    algorithm: CurriculumName = "random"
+    """'random': every episode a task drawn by weight (a family's settings uniformly); 'learning_progress':
+    a pool of tasks drawn from the families, sampled by learning progress (Metta's algorithm)."""
+    num_active_tasks: int = 64
+    """learning_progress: tasks in the pool (Metta: 1000, for runs of billions of steps)."""
+    rand_task_rate: float = 0.25
+    """learning_progress: share of draws uniform over the pool."""
+    ema_timescale: float = 0.1
+    """learning_progress: rate of the fast EMA of each task's score, per rollout (the slow one: a fifth of it;
+    Metta: 0.001 per 32 episodes, for runs of billions of steps)."""
+    exploration_bonus: float = 0.1
+    """learning_progress: the score of a task seen fewer than sample_threshold times."""
+    sample_threshold: int = 10
+    """learning_progress: finished episodes before a task is scored by its progress."""
+    progress_smoothing: float = 0.05
+    """learning_progress: reweighting of the EMAs before their difference (0: none)."""
+    memory: int = 25
+    """learning_progress: each task's last episode scores that its mean is taken over."""
+    min_presentations: int = 5
+    """learning_progress: finished episodes before a task may be evicted from the pool."""
+    score_ranges: list[str] = field(default_factory=list)
+    """learning_progress: 'low..high' episode return of each entry of tasks (or one for all) that scores are
+    normalised by to [0, 1] (empty: the running min and max of each family's returns)."""
 
 
 @dataclass
@@ -430,14 +457,31 @@ class TrainingConfig:
         check(self.evaluation.episodes >= 1, "evaluation.episodes", self.evaluation.episodes, "must be >= 1")
         check(not self.evaluation.video or self.evaluation.interval > 0, "evaluation.video", True,
               "records evaluation episodes, but evaluation.interval=0 runs none: set --evaluation.interval N")
-        tasks = self.curriculum.tasks or [env.id]
+        curriculum = self.curriculum
+        tasks = curriculum.tasks or [env.id]
         try:  # the rules curriculum.py applies when it builds the curriculum (make_curriculum)
             for task in tasks:
-                parse_task(task)
+                parse_task_family(task)
             if len(tasks) > 1:
-                task_probabilities(self.curriculum.weights, len(tasks))
+                task_probabilities(curriculum.weights, len(tasks))
+            check(len(curriculum.score_ranges) in (0, 1, len(tasks)), "curriculum.score_ranges",
+                  curriculum.score_ranges, f"must give one range per entry of curriculum.tasks ({len(tasks)}) or one")
+            for text in curriculum.score_ranges:
+                parse_range(text, "curriculum.score_ranges entry")
         except ConfigError as err:
             errors.append(str(err))
+        check(curriculum.algorithm in typing.get_args(CurriculumName), "curriculum.algorithm", curriculum.algorithm,
+              f"must be one of {list(typing.get_args(CurriculumName))}")
+        check(curriculum.num_active_tasks >= 1, "curriculum.num_active_tasks", curriculum.num_active_tasks, "must be >= 1")
+        check(0 <= curriculum.rand_task_rate <= 1, "curriculum.rand_task_rate", curriculum.rand_task_rate,
+              "must be in [0, 1]")
+        check(0 < curriculum.ema_timescale <= 1, "curriculum.ema_timescale", curriculum.ema_timescale,
+              "must be in (0, 1]")
+        non_negative("curriculum.exploration_bonus", curriculum.exploration_bonus)
+        check(0 <= curriculum.progress_smoothing < 0.5, "curriculum.progress_smoothing", curriculum.progress_smoothing,
+              "must be in [0, 0.5)")
+        for name in ("sample_threshold", "memory", "min_presentations"):
+            check(getattr(curriculum, name) >= 1, f"curriculum.{name}", getattr(curriculum, name), "must be >= 1")
 
         check(bool(self.log.run_root.strip()), "log.run_root", self.log.run_root, "must be a directory path")
         non_negative("log.console_interval", self.log.console_interval)
@@ -530,6 +574,72 @@ def parse_task(spec: str) -> tuple[str, dict[str, Any], str | None]:
     return head.strip(), parse_kwargs(rest, f"task {spec!r}"), module
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A setting that a task family draws for each task: an integer or a float in [low, high] (both ends
+    included), or one of `choices` (curriculum.py draws them)."""
+
+    kind: Literal["int", "float", "choice"]
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple = ()
+
+
+def parse_task_family(spec: str) -> tuple[str, dict[str, Any], dict[str, Setting], str | None]:
+    """A task family as (ID, fixed kwargs, settings drawn per task, module): parse_task's grammar, where a
+    value may also be a range, 'low..high' (integers when both ends are, else floats), or a choice,
+    'a|b|c' (each read as JSON when it parses). 'mettagrid/hearts:altars=1..8,width=9|15|25'. A task
+    without ranges or choices is a family of one."""
+    env_id, kwargs, module = parse_task(spec)
+    settings = {}
+    for key, value in list(kwargs.items()):
+        if isinstance(value, str) and (setting := parse_setting(value, f"task {spec!r}: {key}={value}")):
+            settings[key] = setting
+            del kwargs[key]
+    return env_id, kwargs, settings, module
+
+
+def parse_setting(text: str, where: str) -> Setting | None:
+    """'low..high' or 'a|b|c' as a Setting; None for a plain string value."""
+    low, dots, high = text.partition("..")
+    if dots:
+        ends = [_number(low), _number(high)]
+        if None not in ends:
+            kind = "int" if all(isinstance(end, int) for end in ends) else "float"
+            if ends[0] > ends[1]:
+                raise ConfigError(f"{where} is an empty range: write low..high with low <= high")
+            return Setting(kind, ends[0], ends[1])
+        if ends != [None, None]:
+            raise ConfigError(f"{where}: a range needs two numbers, low..high (e.g. 1..8 or 0.5..2.0)")
+    if "|" in text:
+        parts = text.split("|")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"{where} has an empty choice: write a|b|c")
+        return Setting("choice", choices=tuple(_json_or_text(part.strip()) for part in parts))
+    return None
+
+
+def parse_range(text: str, where: str) -> tuple[float, float]:
+    """'low..high' as (low, high), low < high (curriculum.score_ranges)."""
+    low, dots, high = text.partition("..")
+    ends = (_number(low), _number(high))
+    if not dots or None in ends or not ends[0] < ends[1]:
+        raise ConfigError(f"{where}={text!r} must be a range 'low..high' with low < high, e.g. 0..10")
+    return float(ends[0]), float(ends[1])
+
+
+def _number(text: str) -> int | float | None:
+    value = _json_or_text(text.strip())
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def parse_import(spec: str, what: str) -> tuple[str, str, dict[str, Any]]:
     """'module:Name[:key=value,...]' as (module, Name, kwargs), e.g. 'minigrid.wrappers:ImgObsWrapper'."""
     module, sep, rest = spec.partition(":")
@@ -548,10 +658,7 @@ def parse_kwargs(text: str, where: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{where}: {item!r} is not key=value")
-        try:
-            kwargs[key.strip()] = json.loads(value)
-        except ValueError:
-            kwargs[key.strip()] = value
+        kwargs[key.strip()] = _json_or_text(value)
     return kwargs
 
 

@@ -106,40 +106,56 @@ def load_wrapper(spec: str) -> Wrapper:
 
 
 class CurriculumEnv(gym.Env):
-    """A single env that plays the curriculum's choice of task each episode; info["task"] names it."""
+    """A single env that plays the curriculum's choice of task each episode; info["task"] names it.
+
+    A task's env is built the first time the task is drawn and kept for its later episodes (the
+    `KEEP` most recently played); it must have the spaces of the curriculum's first task, which every
+    family's first task is checked against here. Each episode reseeds its task's env from this env's
+    generator, so that a seed gives the same episodes whatever the order of the draws."""
+
+    KEEP = 32
 
     def __init__(self, curriculum: Curriculum, render_mode: str | None = None, wrappers: Sequence[Wrapper] = ()):
         self.curriculum = curriculum
-        self.render_mode = render_mode
-        self.envs = [make_task_env(task, render_mode, wrappers) for task in curriculum.tasks]
-        self.observation_space = self.envs[0].observation_space
-        self.action_space = self.envs[0].action_space
-        for task, env in zip(curriculum.tasks, self.envs):
-            if env.observation_space != self.observation_space or env.action_space != self.action_space:
+        self.render_mode, self.wrappers = render_mode, wrappers
+        self.envs: dict[str, gym.Env] = {}  # task name -> its env, the most recently played last
+        first = self._env(curriculum.tasks[0])
+        self.observation_space, self.action_space = first.observation_space, first.action_space
+        for task in curriculum.tasks[1:]:
+            self._env(task)
+        self.task = curriculum.tasks[0]
+
+    def _env(self, task: Task) -> gym.Env:
+        env = self.envs.pop(task.name, None)
+        if env is None:
+            env = make_task_env(task, self.render_mode, self.wrappers)
+            if self.envs and (env.observation_space != self.observation_space or env.action_space != self.action_space):
+                env.close()
+                first = self.curriculum.tasks[0].name
                 raise UnsupportedEnvError(
                     f"curriculum task {task.name} has spaces {env.observation_space}, {env.action_space}; "
-                    f"every task needs those of {curriculum.tasks[0].name}: {self.observation_space}, "
-                    f"{self.action_space}")
-        self.task = 0
+                    f"every task needs those of {first}: {self.observation_space}, {self.action_space}")
+            if len(self.envs) >= self.KEEP:
+                self.envs.pop(next(iter(self.envs))).close()
+        self.envs[task.name] = env
+        return env
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if seed is not None:  # seed every task's env, so that each one's episodes are reproducible
-            for i, env in enumerate(self.envs):
-                env.reset(seed=seed + 7919 * i)
         self.task = self.curriculum.sample(self.np_random)
-        obs, info = self.envs[self.task].reset(options=options)
-        return obs, {**info, "task": self.curriculum.tasks[self.task].name}
+        env = self._env(self.task)
+        obs, info = env.reset(seed=int(self.np_random.integers(2**31)), options=options)
+        return obs, {**info, "task": self.task.name}
 
     def step(self, action):
-        obs, reward, terminated, truncated, info = self.envs[self.task].step(action)
-        return obs, reward, terminated, truncated, {**info, "task": self.curriculum.tasks[self.task].name}
+        obs, reward, terminated, truncated, info = self.envs[self.task.name].step(action)
+        return obs, reward, terminated, truncated, {**info, "task": self.task.name}
 
     def render(self):
-        return self.envs[self.task].render()
+        return self.envs[self.task.name].render()
 
     def close(self):
-        for env in self.envs:
+        for env in self.envs.values():
             env.close()
 
 
@@ -169,16 +185,21 @@ if "CartPoleNoVel-v1" not in gym.registry:
 
 def make_env(curriculum: Curriculum, render_mode: str | None = None, wrappers: Sequence[Wrapper] = ()) -> gym.Env:
     """One env of the curriculum: its task's env, or a CurriculumEnv over its several tasks."""
-    if len(curriculum.tasks) > 1:
+    if not curriculum.single:
         return CurriculumEnv(curriculum, render_mode, wrappers)
     return make_task_env(curriculum.tasks[0], render_mode, wrappers)
 
 
 def make_task_env(task: Task, render_mode: str | None = None, wrappers: Sequence[Wrapper] = ()) -> gym.Env:
     """gym.make of one task, then the wrappers in order; render_mode only when asked for (not every env
-    takes the argument)."""
+    takes the argument). A kwarg the env does not take is a ConfigError naming the task."""
     register_task(task)
-    env = gym.make(task.env_id, **({"render_mode": render_mode} if render_mode else {}), **task.kwargs)
+    try:
+        env = gym.make(task.env_id, **({"render_mode": render_mode} if render_mode else {}), **task.kwargs)
+    except TypeError as err:
+        if not task.kwargs:
+            raise
+        raise ConfigError(f"task {task.name!r}: {err}; drop that setting or give one the env takes") from None
     for wrap in wrappers:
         env = wrap(env)
     return env
@@ -265,7 +286,7 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
     for t in curriculum.tasks:
         register_task(t)
     if any(atari.is_atari(t.env_id) for t in curriculum.tasks):  # ale-py's native vector env (the atari extra)
-        if len(curriculum.tasks) > 1 or env_config.wrappers or workers:
+        if not curriculum.single or env_config.wrappers or workers:
             raise ConfigError(f"{task.name}: ALE games step in ale-py's own vector env, one game at a time, with "
                               "its own threads: drop curriculum.tasks, env.wrappers and env.num_workers")
         vecenv = atari.make_atari_vecenv(task.env_id, env_config.num_envs, task.kwargs, record_dir)
@@ -280,7 +301,7 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
     mode = env_config.vectorization if record_dir is None else "sync"  # RecordVideo wraps one sub-env
     if workers:  # gymnasium's own worker processes, in shared memory
         mode = "async"
-    has_native = spec.vector_entry_point is not None and len(curriculum.tasks) == 1 and not wrappers
+    has_native = spec.vector_entry_point is not None and curriculum.single and not wrappers
     if mode == "auto":
         mode = "native" if has_native else "sync"
     if mode == "native" and not has_native:
@@ -292,7 +313,7 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
             env_fns = ([lambda: make_env(curriculum, "rgb_array", wrappers)]
                        + [lambda: make_env(curriculum, None, wrappers)] * (env_config.num_envs - 1))
             vecenv = gym.vector.SyncVectorEnv(env_fns, **next_step)
-        elif len(curriculum.tasks) > 1:
+        elif not curriculum.single:
             vector_class = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
             vecenv = vector_class([lambda: CurriculumEnv(curriculum, None, wrappers)] * env_config.num_envs,
                                   **next_step)

@@ -35,7 +35,7 @@ import torch
 
 from cleanmetta.checkpoint import CheckpointError, PolicyStore
 from cleanmetta.config import ConfigError, EnvConfig, TrainingConfig
-from cleanmetta.curriculum import SingleTaskCurriculum, Task, configured_tasks
+from cleanmetta.curriculum import SingleTaskCurriculum, Task, configured_families
 from cleanmetta.envs import check_recordable, make_vecenv
 from cleanmetta.spaces import observation_layout
 
@@ -75,11 +75,14 @@ def video_dir(run_dir: str) -> str:
 
 def suite_from_config(config: TrainingConfig, episodes: int | None = None, seed: int | None = None) -> list[Simulation]:
     """One simulation per training task (the curriculum's tasks, else env.id, with env.kwargs), on the
-    training run's env.wrappers; each named by its task as written."""
-    names = [Task.parse(task).name for task in config.curriculum.tasks or [config.env.id]]
-    return [Simulation(name=name, task=task.name, episodes=episodes or config.evaluation.episodes,
+    training run's env.wrappers; each named by its task as written. A task family is played at its
+    middle settings (curriculum.TaskFamily.middle)."""
+    specs = config.curriculum.tasks or [config.env.id]
+    families = configured_families(config.env, config.curriculum)
+    return [Simulation(name=spec if family.settings else Task.parse(spec).name, task=family.middle().name,
+                       episodes=episodes or config.evaluation.episodes,
                        seed=config.evaluation.seed if seed is None else seed, wrappers=list(config.env.wrappers))
-            for name, task in zip(names, configured_tasks(config.env, config.curriculum))]
+            for spec, family in zip(specs, families)]
 
 
 class PolicyEvaluator:

@@ -37,6 +37,7 @@ import numpy as np
 
 from cleanmetta import distributed
 from cleanmetta.config import TrainingConfig, import_extra
+from cleanmetta.curriculum import Curriculum, Task, configured_families
 from cleanmetta.files import write_json, write_text
 
 # update() stats key -> TensorBoard tag; any other key (a custom loss) is logged as losses/<key>.
@@ -123,6 +124,8 @@ class StatsLogger:
         # optional: a wandb run (start_wandb(), wandb.init()) that receives the same scalars; close() finishes it
         self.wandb_run = wandb_run if self.writes else None
         self.recent_returns: deque[float] = deque(maxlen=20)
+        # the curriculum's families: episodes are logged per family, and the settings they played as histograms
+        self.families = Curriculum(configured_families(config.env, config.curriculum)) if config is not None else None
         self.seconds_before = 0.0  # a resumed run's training seconds up to its checkpoint (episodes.csv)
         if self.writes:
             self._open_files(config, tensorboard, start_step)
@@ -171,6 +174,26 @@ class StatsLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({**scalars, "global_step": step})
 
+    def log_settings(self, step: int, tasks: np.ndarray) -> None:
+        """Histograms of the settings the episodes played, per family and setting (tasks/<family>/<key>:
+        the value in a range, the index in a choice), so that TensorBoard's and wandb's histogram views
+        show over training which parts of each family were sampled."""
+        if self.families is None or (self.writer is None and self.wandb_run is None):
+            return
+        histograms: dict[str, list[float]] = {}
+        for family in self.families.families:
+            for task in (Task.parse(name) for name in tasks if self.families.family_of(name) == family.spec):
+                for key in family.settings:
+                    histograms.setdefault(f"tasks/{family.spec}/{key}", []).append(family.position(key, task.kwargs[key]))
+        for tag, values in histograms.items():
+            if self.writer is not None:
+                self.writer.add_histogram(tag, np.asarray(values), step)
+        if self.wandb_run is not None and histograms:
+            import wandb  # the wandb extra: installed, since there is a wandb run
+
+            self.wandb_run.log({**{tag: wandb.Histogram(values) for tag, values in histograms.items()},
+                                "global_step": step})
+
     def log_videos(self, step: int, videos: dict[str, str]) -> None:
         """Send mp4 files (tag -> path) to the wandb run, if any; they are on disk already."""
         if self.wandb_run is not None and videos:
@@ -180,8 +203,9 @@ class StatsLogger:
                                 "global_step": step})
 
     def log_epoch(self, agent_steps: int, rollout_stats: dict[str, np.ndarray], update_stats: dict[str, float],
-                  learning_rate: float) -> None:
-        """Record one epoch: its finished episodes, its update's losses, speed and learning rate."""
+                  learning_rate: float, curriculum_stats: dict[str, float] | None = None) -> None:
+        """Record one epoch: its finished episodes, its update's losses, speed and learning rate (and the
+        curriculum's scalars, Curriculum.update's)."""
         returns, lengths = rollout_stats["episodic_return"], rollout_stats["episodic_length"]
         self.agent_steps = agent_steps
         seconds = self.elapsed
@@ -192,14 +216,16 @@ class StatsLogger:
         self.recent_returns.extend(returns.tolist())
 
         sps = self.steps_per_second(agent_steps)
-        scalars = {"charts/SPS": sps, "charts/learning_rate": learning_rate}
+        scalars = {"charts/SPS": sps, "charts/learning_rate": learning_rate, **(curriculum_stats or {})}
         if len(returns):
             scalars["charts/episodic_return"] = float(np.mean(returns))
             scalars["charts/episodic_length"] = float(np.mean(lengths))
         tasks = rollout_stats.get("episodic_task")
         if tasks is not None:
-            for task in np.unique(tasks):
-                scalars[f"tasks/{task}/episodic_return"] = float(np.mean(returns[tasks == task]))
+            labels = np.array([self.families.family_of(task) for task in tasks]) if self.families else tasks
+            for label in np.unique(labels):
+                scalars[f"tasks/{label}/episodic_return"] = float(np.mean(returns[labels == label]))
+            self.log_settings(agent_steps, tasks)
         for name, values in rollout_stats.get("episode_stats", {}).items():  # e.g. MettaGrid's game stats
             scalars[f"env/{name}"] = float(np.mean(values))
         for key, value in update_stats.items():

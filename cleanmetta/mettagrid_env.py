@@ -30,7 +30,9 @@ episodes for MettaGrid's MettaScope viewer (`evaluation.video` uses it for evalu
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,7 @@ from cleanmetta.curriculum import Curriculum, Task
 from cleanmetta.spaces import UnsupportedEnvError
 
 PREFIX = "mettagrid/"
+KEEP = 256  # task configs kept per env
 INSTALL_HINT = 'MettaGrid is an optional extra: pip install -e ".[mettagrid]"'
 
 
@@ -96,10 +99,15 @@ def task_config(task: Task):
     if name not in TASKS:
         raise ConfigError(f"env.id={task.env_id!r} is not a MettaGrid task; choose one of "
                           f"{[PREFIX + known for known in TASKS]}")
+    known = inspect.signature(hearts_task).parameters
+    unknown = [key for key in task.kwargs if key not in known]
+    if unknown:
+        raise ConfigError(f"MettaGrid task {task.name!r}: unknown setting {unknown[0]!r}; its settings are "
+                          f"{list(known)}")
     try:
         return hearts_task(**{**TASKS[name], **task.kwargs})
-    except TypeError as err:
-        raise ConfigError(f"MettaGrid task {task.name!r}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"MettaGrid task {task.name!r}: {str(err).splitlines()[0]}") from None
 
 
 class MettaGridVecEnv:
@@ -119,21 +127,20 @@ class MettaGridVecEnv:
         memory for a worker; by default its own)."""
         Simulator, Buffers = _import_mettagrid()
         self.curriculum = curriculum
-        self.configs = [task_config(task) for task in curriculum.tasks]
-        game = self.configs[0].game
+        self.configs: OrderedDict[str, Any] = OrderedDict()  # task name -> its config, the most recently played last
+        config = self._config(curriculum.tasks[0])
+        game = config.game
         self.agents_per_sim = game.num_agents
-        shapes = [(c.game.num_agents, c.game.obs.num_tokens, _num_actions(c)) for c in self.configs]
-        for task, shape in zip(curriculum.tasks, shapes):
-            if shape != shapes[0]:
-                raise UnsupportedEnvError(f"curriculum task {task.name} has (agents, tokens, actions) {shape}; every "
-                                          f"task needs those of {curriculum.tasks[0].name}: {shapes[0]}")
+        self.shape = _shape(config)
+        for task in curriculum.tasks[1:]:  # every family's first task, checked now
+            self._config(task)
         self.num_simulations = num_envs
         self.num_envs = num_envs * self.agents_per_sim  # the batch: one row per agent
         # Tokens are bytes; the feature column's bound is the largest feature id (TokenPolicy sizes its table by it).
         high = np.full((game.obs.num_tokens, 3), 255, np.uint8)
         high[:, 1] = max(feature.id for feature in game.id_map().features())
         self.single_observation_space = spaces.Box(np.zeros_like(high), high, dtype=np.uint8)
-        self.single_action_space = spaces.Discrete(_num_actions(self.configs[0]))
+        self.single_action_space = spaces.Discrete(_num_actions(config))
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
@@ -157,9 +164,8 @@ class MettaGridVecEnv:
             os.makedirs(replay_dir, exist_ok=True)
             self.simulators[0].add_event_handler(ReplayLogWriter(replay_dir))
         self.simulations: list[Any] = [None] * num_envs
-        self.task_index = np.zeros(num_envs, np.int64)
+        self.task_names = np.full(num_envs, curriculum.tasks[0].name, dtype=object)  # each simulation's task
         self.needs_reset = np.zeros(num_envs, bool)
-        self.task_names = np.array([task.name for task in curriculum.tasks], dtype=object)
         self.first = first
         self._seed(seed)
 
@@ -169,14 +175,28 @@ class MettaGridVecEnv:
     def _rows(self, i: int) -> slice:
         return slice(i * self.agents_per_sim, (i + 1) * self.agents_per_sim)
 
+    def _config(self, task: Task):
+        """The task's MettaGridConfig, built at its first draw and kept (the KEEP most recently played)."""
+        config = self.configs.pop(task.name, None)
+        if config is None:
+            config = task_config(task)
+            if self.configs and _shape(config) != self.shape:
+                raise UnsupportedEnvError(f"curriculum task {task.name} has (agents, tokens, actions) {_shape(config)}; "
+                                          f"every task needs those of {self.curriculum.tasks[0].name}: {self.shape}")
+            if len(self.configs) >= KEEP:
+                self.configs.popitem(last=False)
+        self.configs[task.name] = config
+        return config
+
     def _start_episode(self, i: int) -> None:
         """A new simulation in slot i, on the curriculum's next task; it writes its first observation."""
         if self.simulations[i] is not None:
             self.simulations[i].close()
         rng = self.rngs[i]
-        self.task_index[i] = self.curriculum.sample(rng)
+        task = self.curriculum.sample(rng)
+        self.task_names[i] = task.name
         seed = int(rng.integers(2**31 - 1))
-        config = self.configs[self.task_index[i]]
+        config = self._config(task)
         config.game.map_builder.seed = seed  # read when the simulation builds its map, right below
         self.simulations[i] = self.simulators[i].new_simulation(config, seed, buffers=self.buffers[i])
         rows = self._rows(i)
@@ -222,7 +242,7 @@ class MettaGridVecEnv:
                 values[f"agent/{key}"] = np.mean([agent.get(key, 0.0) for agent in episode["agent"]])
             for key, value in values.items():
                 stats.setdefault(key, []).append(float(value))
-        return {"task": np.repeat(self.task_names[self.task_index], self.agents_per_sim), "episode_stats": stats}
+        return {"task": np.repeat(self.task_names, self.agents_per_sim), "episode_stats": stats}
 
     def close(self) -> None:
         for simulation in self.simulations:
@@ -239,6 +259,11 @@ def worker_env(curriculum: Curriculum, seed: int, first: int, count: int, arrays
 
 def _num_actions(config) -> int:
     return len(config.game.actions.actions())
+
+
+def _shape(config) -> tuple[int, int, int]:
+    """(agents, tokens, actions): what every task of one env must share."""
+    return config.game.num_agents, config.game.obs.num_tokens, _num_actions(config)
 
 
 def _import_mettagrid():

@@ -20,6 +20,7 @@ from cleanmetta import distributed
 from cleanmetta.checkpoint import (CheckpointError, TrainingCheckpointer, remove_leftovers, rng_state, set_aside,
                                    set_rng_state)
 from cleanmetta.config import ConfigError, TrainingConfig
+from cleanmetta.curriculum import Curriculum
 from cleanmetta.normalize import RewardScaler
 
 
@@ -71,10 +72,13 @@ def config_file_base(path: str) -> TrainingConfig:
 
 def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
                     epoch: int, agent_steps: int, scores: dict[str, float] | None = None,
-                    reward_scaler: RewardScaler | None = None) -> None:
+                    reward_scaler: RewardScaler | None = None, curriculum: Curriculum | None = None) -> None:
     """One checkpoint (TrainingCheckpointer.save_checkpoint: in force only once whole). Under
-    torchrun every rank calls this and rank 0 writes, with every rank's RNG state."""
+    torchrun every rank calls this and rank 0 writes, with every rank's RNG state (and the
+    curriculum's state, the same on every rank)."""
     extra = {"reward_scaler": reward_scaler.state_dict()} if reward_scaler is not None else {}
+    if curriculum is not None and curriculum.state_dict():
+        extra["curriculum"] = curriculum.state_dict()
     if distributed.world_size() > 1:
         extra.update(world_size=distributed.world_size(), rank_rng=distributed.all_gather_objects(rng_state()))
     if not distributed.is_main():
@@ -84,9 +88,10 @@ def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, 
 
 
 def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
-                       vecenv, reward_scaler: RewardScaler | None = None) -> tuple[int, int]:
-    """Load the run directory's last checkpoint into policy, optimizer (and reward scaler); return
-    (epoch, agent_steps).
+                       vecenv, reward_scaler: RewardScaler | None = None,
+                       curriculum: Curriculum | None = None) -> tuple[int, int]:
+    """Load the run directory's last checkpoint into policy, optimizer (reward scaler, curriculum);
+    return (epoch, agent_steps).
 
     Returns (0, 0) when there is none or checkpoint.resume is off; an earlier run's files in the
     directory are then moved aside to RUN.old-N (checkpoint.set_aside), so that two runs never mix.
@@ -110,6 +115,11 @@ def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfi
             raise ConfigError(f"{checkpointer.checkpoint_dir} was trained without ppo.normalize_reward; resume it "
                               "without the flag, or pass --checkpoint.no-resume to start over")
         reward_scaler.load_state_dict(state["reward_scaler"])
+    if curriculum is not None and curriculum.state_dict():  # learning progress: its pool, before the envs reset
+        if "curriculum" not in state:
+            raise ConfigError(f"{checkpointer.checkpoint_dir} was trained without --curriculum.algorithm "
+                              "learning_progress; resume it without the flag, or pass --checkpoint.no-resume")
+        curriculum.load_state_dict(state["curriculum"])
     set_rng_state(state["rank_rng"][distributed.rank()] if "rank_rng" in state else state["rng"])
     vecenv.reset(seed=distributed.seed_for_rank(config.seed) + 104_729 * state["epoch"])
     if distributed.is_main():

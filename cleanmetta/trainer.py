@@ -218,6 +218,7 @@ class TrainingComponents:
     evaluator: PolicyEvaluator
     custom_losses: list[CustomLoss]
     device: torch.device
+    curriculum: Curriculum | None = None  # learning progress learns from every rollout's episodes
     start_epoch: int = 0        # where the run directory's checkpoint left off (0 for a new run)
     start_agent_steps: int = 0
 
@@ -225,7 +226,8 @@ class TrainingComponents:
 def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, policy, vecenv,
                                experience: Experience, policy_store: PolicyStore | None = None,
                                custom_losses: Sequence[CustomLoss] | None = None,
-                               optimizer: torch.optim.Optimizer | None = None) -> TrainingComponents:
+                               optimizer: torch.optim.Optimizer | None = None,
+                               curriculum: Curriculum | None = None) -> TrainingComponents:
     """Everything one training epoch touches, built the way train.py builds it (under torchrun, the
     policy starts from rank 0's weights)."""
     device = experience.device
@@ -236,7 +238,7 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
     reward_scaler = make_reward_scaler(config, vecenv)
     evaluator = PolicyEvaluator(suite_from_config(config), device, config.evaluation.deterministic,
                                 video_dir(run_dir) if config.evaluation.video else None)
-    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler)
+    epoch, agent_steps = restore_checkpoint(checkpointer, config, policy, optimizer, vecenv, reward_scaler, curriculum)
     wandb_run = start_wandb(config, run_dir, resume=agent_steps > 0)
     if config.log.wandb_checkpoints:
         checkpointer.wandb_run = wandb_run
@@ -250,7 +252,7 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
                            config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run),
         checkpointer=checkpointer,
         evaluator=evaluator,
-        custom_losses=losses, device=device, start_epoch=epoch, start_agent_steps=agent_steps,
+        custom_losses=losses, device=device, curriculum=curriculum, start_epoch=epoch, start_agent_steps=agent_steps,
     )
 
 
@@ -267,17 +269,18 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
 
     rollout_stats, num_steps = c.collector.collect()
     state.agent_steps += num_steps
+    curriculum_stats = c.curriculum.update(rollout_stats) if c.curriculum is not None else {}
     set_agent_steps(c.custom_losses, state.agent_steps)
     update_stats = c.ppo.update(experience, c.custom_losses, progress=(state.epoch + 1) / state.num_epochs)
     state.epoch += 1
-    c.logger.log_epoch(state.agent_steps, rollout_stats, update_stats, state.learning_rate)
+    c.logger.log_epoch(state.agent_steps, rollout_stats, update_stats, state.learning_rate, curriculum_stats)
 
     if config.evaluation.interval and state.epoch % config.evaluation.interval == 0:
         state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps)
     last = state.stop.sync() or state.epoch >= state.num_epochs  # torchrun: every rank stops at the same epoch
     if last or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):
         save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps, state.scores,
-                        c.collector.reward_scaler)
+                        c.collector.reward_scaler, c.curriculum)
         state.checkpoint_epoch = state.epoch
     return update_stats
 
@@ -327,7 +330,7 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
     if distributed.world_size() > 1:  # torchrun: a sampling stream of its own for each rank (a resume restores it)
         seed_everything(rank_seed(config), config.torch_deterministic)
     components = create_training_components(config, ppo_config, policy, vecenv, experience, policy_store,
-                                            custom_losses)
+                                            custom_losses, curriculum=curriculum)
     state = TrainingState(epoch=components.start_epoch, agent_steps=components.start_agent_steps,
                           num_epochs=num_epochs_for(config, experience),
                           checkpoint_epoch=components.start_epoch or None)  # a resumed run's checkpoint is on disk
@@ -337,7 +340,7 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
             step_fn(state, components, config, experience)
     if state.checkpoint_epoch != state.epoch:  # e.g. a step_fn that stopped early: never lose the last epochs
         save_checkpoint(components.checkpointer, config, policy, components.optimizer, state.epoch,
-                        state.agent_steps, state.scores, components.collector.reward_scaler)
+                        state.agent_steps, state.scores, components.collector.reward_scaler, curriculum)
     components.logger.close()
     vecenv.close()
     return state

@@ -24,7 +24,7 @@ from cleanmetta import distributed
 from cleanmetta.checkpoint import (PolicyStore, TrainingCheckpointer, inconsistencies, rng_state, trainer_state_path,
                                    trainer_state_paths)
 from cleanmetta.checkpoint import save_checkpoint as save_checkpoint_file
-from cleanmetta.config import AgentConfig, ConfigError, PPOConfig, TrainerConfig, small_fast_config
+from cleanmetta.config import AgentConfig, ConfigError, CurriculumConfig, PPOConfig, TrainerConfig, small_fast_config
 from cleanmetta.curriculum import make_curriculum
 from cleanmetta.envs import make_vecenv
 from cleanmetta.experience import Experience
@@ -186,6 +186,32 @@ def test_the_functional_loop_trains_one_policy_on_two_processes(tmp_path):
     for name, value in first["params"].items():
         assert torch.equal(value, second["params"][name]), name
     assert [r.epoch for r in PolicyStore(str(tmp_path / "functional")).records()] == [3]
+
+
+def _curriculum_worker(rank, run_root):
+    config = small_fast_config()
+    config.env.num_envs, config.trainer.total_timesteps = 8, 4 * 2 * 8 * 32  # 4 epochs of 2 processes
+    config.log.run_root, config.experiment_name, config.log.tensorboard = run_root, "curriculum", False
+    config.curriculum = CurriculumConfig(tasks=["CartPole-v1:max_episode_steps=8..100"], algorithm="learning_progress",
+                                         num_active_tasks=6, sample_threshold=2, min_presentations=2)
+    curriculum = make_curriculum(config.env, config.curriculum, config.seed)
+    vecenv = make_vecenv(config.env, config.seed, curriculum)
+    policy = make_policy(config.agent, vecenv.single_observation_space, vecenv.single_action_space)
+    vecenv.close()
+    state = functional_training_loop(config, config.ppo, policy, curriculum)
+    gathered = distributed.all_gather_objects({"curriculum": curriculum.state_dict(), "steps": state.agent_steps})
+    if rank == 0:
+        torch.save(gathered, os.path.join(run_root, "gathered.pt"))
+
+
+def test_every_ranks_episodes_update_one_shared_curriculum(tmp_path):
+    spawn(_curriculum_worker, str(tmp_path))
+    first, second = torch.load(tmp_path / "gathered.pt", weights_only=True)
+    assert first["curriculum"] == second["curriculum"] and first["curriculum"]["updates"] == 4
+    recorded = sum(first["curriculum"]["lp"]["counts"])
+    with open(tmp_path / "curriculum" / "episodes.csv") as f:
+        episodes = len(f.read().splitlines()) - 1  # every rank's episodes, as rank 0 logs them
+    assert episodes > 40 and recorded >= episodes // 2  # both ranks' episodes (those of evicted tasks are dropped)
 
 
 def _checkpoint_worker(rank, run_dir):

@@ -14,9 +14,10 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [  # bottom first
-    ["config", "distributed", "spaces", "files", "fast"],  # 1 plain dataclasses, presets; the process group;
-                                                           #   spaces and how observations are stored; atomic
-                                                           #   files; faster equivalents of plain torch calls
+    ["config", "distributed", "spaces", "files", "fast",   # 1 plain dataclasses, presets; the process group;
+     "learning_progress"],                                 #   spaces and how observations are stored; atomic
+                                                           #   files; faster equivalents of plain torch calls;
+                                                           #   learning progress's maths on task scores
     ["curriculum", "normalize", "experience", "workers", "video"],  # 2 tasks, running statistics, buffers,
                                                            #   env worker processes, mp4 files
     ["mettagrid_env", "atari"],                            # 3 the optional MettaGrid and Atari vector envs

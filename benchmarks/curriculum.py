@@ -1,0 +1,238 @@
+"""Learning progress against uniform sampling and against the hard tasks alone, on a MettaGrid task space.
+
+The space: `mettagrid/hearts` with the map's width and height drawn from 9..31 and 1..8 altars
+(5 hearts each), 4 agents, 200 steps: from small maps full of altars, whose hearts a random walk
+finds, to large maps with one altar, where a fresh policy rarely scores. Three ways to train on
+it, each with the `mettagrid` preset and the same agent-step budget, in a fresh process per run:
+- learning_progress: `--curriculum.algorithm learning_progress` over the space;
+- uniform: `--curriculum.algorithm random` over the same space (a new draw every episode);
+- hard_only: uniform over the hardest corner, width and height 25..31 with 1..2 altars.
+
+Each final policy is evaluated on a fixed held-out grid across the space: square maps of side 11,
+17, 23 and 29 with 1, 2, 4 or 8 altars (16 settings, none of them a training draw by design: the
+training draws' width and height differ in general), `--eval-episodes` simulations each, sampled
+actions, a fixed seed. The hard half of the grid is the 8 settings with the most map cells per
+altar; the easy half the other 8. Score: mean reward per agent.
+
+Results go to benchmarks/results/curriculum/<arm>_seed<N>.json as each run finishes (an existing
+one is kept: the benchmark continues where it stopped; --fresh runs all again); --report writes
+the table (results/curriculum.md, and the README between its curriculum-table markers) and the
+figure (results/curriculum.png: evaluation per grid setting, training curves, and which widths
+and altar counts each curriculum sampled over training, from the runs' TensorBoard histograms).
+
+    pip install -e ".[mettagrid,plot]"
+    python benchmarks/curriculum.py                      # 3 arms x 3 seeds, 2M agent steps each
+    python benchmarks/curriculum.py --seeds 1 --arms learning_progress uniform --total-timesteps 500000
+    python benchmarks/curriculum.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import importlib.util
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]  # benchmarks/mettagrid.py shadows
+
+import numpy as np  # noqa: E402
+
+from cleanmetta.checkpoint import PolicyStore  # noqa: E402
+from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
+from cleanmetta.files import write_json, write_text  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("compare", os.path.join(HERE, "compare.py"))  # by file: see above
+compare = sys.modules["compare"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare)
+
+SPACE = "mettagrid/hearts:width=9..31,height=9..31,altars=1..8"
+HARD = "mettagrid/hearts:width=25..31,height=25..31,altars=1..2"
+ARMS = {"learning_progress": (SPACE, "learning_progress"), "uniform": (SPACE, "random"), "hard_only": (HARD, "random")}
+SIDES, ALTARS = (11, 17, 23, 29), (1, 2, 4, 8)
+GRID = [(side, altars) for side in SIDES for altars in ALTARS]
+HARD_HALF = set(sorted(GRID, key=lambda g: g[0] ** 2 / g[1])[len(GRID) // 2:])  # the most cells per altar
+RESULTS = os.path.join(HERE, "results", "curriculum")
+MARKERS = ("<!-- curriculum table: written by benchmarks/curriculum.py -->", "<!-- end of curriculum table -->")
+
+
+def grid_task(side: int, altars: int) -> str:
+    return f"mettagrid/hearts:width={side},height={side},altars={altars}"
+
+
+def sampled_settings(run_dir: str) -> dict[str, dict]:
+    """Per setting (width, altars), from the TensorBoard histograms tasks/<family>/<setting> that log.py
+    writes each epoch: `mean`, the mean value the epoch's episodes played, as (agent steps, mean); and
+    `share`, for each tenth of training the share of its episodes in each of 10 bins of the range."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(run_dir, size_guidance={"histograms": 0}).Reload()
+    out = {}
+    for key, low, high in (("width", 9, 31), ("altars", 1, 8)):
+        tag = next((t for t in events.Tags()["histograms"] if t.endswith(f"/{key}")), None)
+        if tag is None:
+            continue
+        items = events.Histograms(tag)
+        last = max(item.step for item in items)
+        grid = np.zeros((10, 10))
+        for item in items:
+            h = item.histogram_value
+            row = min(int(10 * item.step / (last + 1)), 9)
+            for limit, count in zip(h.bucket_limit, h.bucket):  # a bucket's upper limit stands for its values
+                value = min(max(limit, h.min), h.max)
+                grid[row, min(int((value - low) / (high - low + 1e-9) * 10), 9)] += count
+        out[key] = {"mean": [(item.step, round(item.histogram_value.sum / item.histogram_value.num, 3)) for item in items],
+                    "share": (grid / np.maximum(grid.sum(axis=1, keepdims=True), 1)).round(4).tolist()}
+    return out
+
+
+def run(arm: str, seed: int, total: int, episodes: int, workdir: str) -> dict:
+    tasks, algorithm = ARMS[arm]
+    name = f"{arm}_seed{seed}"
+    command = [sys.executable, "train.py", "--preset", "mettagrid", "--curriculum.tasks", tasks,
+               "--curriculum.algorithm", algorithm, "--trainer.total-timesteps", str(total), "--seed", str(seed),
+               "--log.run-root", workdir, "--experiment-name", name, "--log.console-interval", "1e9"]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    wall = time.perf_counter() - start
+    run_dir = os.path.join(workdir, name)
+    with open(os.path.join(run_dir, "episodes.csv")) as f:
+        curve = [(int(r["agent_steps"]), float(r["return"])) for r in csv.DictReader(f)]
+    policy = PolicyStore(run_dir).latest().policy
+    sims = [Simulation(setting_name(side, altars), grid_task(side, altars), episodes=episodes, seed=4242)
+            for side, altars in GRID]
+    scores = {name: result.mean_return for name, result in PolicyEvaluator(sims).evaluate(policy).items()}
+    steps = np.array([s for s, _ in curve])
+    returns = np.array([r for _, r in curve])
+    edges = np.linspace(0, steps.max(), 41)
+    binned = [(int(b), float(returns[(steps > a) & (steps <= b)].mean())) for a, b in zip(edges[:-1], edges[1:])
+              if ((steps > a) & (steps <= b)).any()]
+    return {"arm": arm, "seed": seed, "tasks": tasks, "algorithm": algorithm, "total_timesteps": total,
+            "eval_episodes": episodes, "wall_seconds": wall,
+            "command": shlex.join(["python", *command[1:12]]),
+            "grid": scores, "curve": binned, "sampled": sampled_settings(run_dir), "commit": compare.commit_of(ROOT, "cleanmetta", "train.py"),
+            "machine": compare.machine()}
+
+
+def setting_name(side: int, altars: int) -> str:
+    return f"{side}x{side}_{altars}"
+
+
+def halves(result: dict) -> tuple[float, float]:
+    """Mean evaluation reward per agent on the easy and on the hard half of the grid."""
+    scores = {g: result["grid"][setting_name(*g)] for g in GRID}
+    return (float(np.mean([v for g, v in scores.items() if g not in HARD_HALF])),
+            float(np.mean([v for g, v in scores.items() if g in HARD_HALF])))
+
+
+def report() -> None:
+    results = {arm: [json.load(open(path)) for path in sorted(glob.glob(os.path.join(RESULTS, f"{arm}_seed*.json")))]
+               for arm in ARMS}
+    results = {arm: runs for arm, runs in results.items() if runs}
+    if not results:
+        sys.exit(f"no results in {RESULTS}: run the benchmark first")
+    some = next(iter(results.values()))[0]
+
+    def cell(values: list[float]) -> str:
+        return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+    lines = ["| curriculum | seeds | easy half | hard half | whole grid | wall (min) |", "|---|---|---|---|---|---|"]
+    for arm, runs in results.items():
+        easy, hard = zip(*(halves(r) for r in runs))
+        whole = [float(np.mean(list(r["grid"].values()))) for r in runs]
+        lines.append(f"| {arm} | {len(runs)} | {cell(easy)} | {cell(hard)} | {cell(whole)} | "
+                     f"{statistics.median(r['wall_seconds'] for r in runs) / 60:.1f} |")
+    table = "\n".join(lines)
+    text = (f"{table}\n\nMean evaluation reward per agent ± std over seeds, on the 16-setting held-out grid "
+            f"({some['eval_episodes']} simulations of 4 agents per setting); {some['total_timesteps']:,} agent steps "
+            f"per run, `mettagrid` preset. Measured on a {some['machine']} (cleanmetta {some['commit']}) with "
+            "`python benchmarks/curriculum.py`.")
+    write_text(os.path.join(HERE, "results", "curriculum.md"), text + "\n")
+    readme = os.path.join(ROOT, "README.md")
+    with open(readme) as f:
+        content = f.read()
+    if MARKERS[0] in content:
+        head, rest = content.split(MARKERS[0], 1)
+        write_text(readme, f"{head}{MARKERS[0]}\n{text}\n{MARKERS[1]}{rest.split(MARKERS[1], 1)[1]}")
+    print(text)
+    draw(results)
+
+
+def draw(results: dict) -> None:
+    from cleanmetta.config import import_extra
+
+    plt = import_extra("matplotlib.pyplot", "plot", "the curriculum figure")
+    arms = list(results)
+    fig, axes = plt.subplots(2, 1 + len(arms), figsize=(4.2 * (1 + len(arms)), 7.5))
+    for k, arm in enumerate(arms):  # evaluation per grid setting: sides x altars
+        grid = np.mean([[r["grid"][setting_name(*g)] for g in GRID] for r in results[arm]], axis=0)
+        grid = grid.reshape(len(SIDES), len(ALTARS))
+        ax = axes[0, k]
+        image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0)
+        ax.set(xticks=range(len(ALTARS)), xticklabels=ALTARS, yticks=range(len(SIDES)), yticklabels=SIDES,
+               xlabel="altars", ylabel="map side", title=f"{arm}: evaluation reward per agent")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    ax = axes[0, -1]
+    for arm in arms:  # training curves, mean over seeds
+        curves = [np.array(r["curve"]) for r in results[arm]]
+        n = min(len(c) for c in curves)
+        ax.plot(curves[0][:n, 0], np.mean([c[:n, 1] for c in curves], axis=0), label=arm)
+    ax.set(xlabel="agent steps", ylabel="training episode reward per agent", title="training (its own tasks)")
+    ax.legend()
+    for k, arm in enumerate(arms):  # which widths each curriculum sampled over training (seed 1)
+        sampled = results[arm][0]["sampled"].get("width")
+        ax = axes[1, k]
+        if sampled:
+            ax.imshow(np.array(sampled["share"]).T, origin="lower", aspect="auto", cmap="magma", extent=(0, 1, 9, 31))
+        ax.set(xlabel="fraction of training", ylabel="map width sampled", title=f"{arm}: widths played")
+    ax = axes[1, -1]
+    for arm in arms:
+        sampled = results[arm][0]["sampled"].get("altars")
+        if sampled:
+            steps, means = zip(*sampled["mean"])
+            ax.plot(steps, means, label=arm)
+    ax.set(xlabel="agent steps", ylabel="mean altars of the maps played", title="altars played (seed 1)")
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(HERE, "results", "curriculum.png")
+    fig.savefig(path + ".tmp.png", dpi=80)
+    os.replace(path + ".tmp.png", path)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--total-timesteps", type=int, default=2_000_000)
+    parser.add_argument("--eval-episodes", type=int, default=8, help="simulations of 4 agents per grid setting")
+    parser.add_argument("--fresh", action="store_true", help="run again the runs that have results")
+    parser.add_argument("--report", action="store_true", help="only write the table and figure from the results")
+    args = parser.parse_args()
+    if not args.report:
+        os.makedirs(RESULTS, exist_ok=True)
+        with tempfile.TemporaryDirectory() as workdir:
+            for seed in args.seeds:  # seed by seed: a stopped benchmark has every arm of its first seeds
+                for arm in args.arms:
+                    path = os.path.join(RESULTS, f"{arm}_seed{seed}.json")
+                    if os.path.exists(path) and not args.fresh:
+                        continue
+                    result = run(arm, seed, args.total_timesteps, args.eval_episodes, workdir)
+                    write_json(path, result)
+                    easy, hard = halves(result)
+                    print(f"{arm} seed {seed}: easy half {easy:.2f}, hard half {hard:.2f} reward per agent "
+                          f"({result['wall_seconds'] / 60:.1f} min)", flush=True)
+    report()
+
+
+if __name__ == "__main__":
+    main()
