@@ -107,6 +107,11 @@ class TaskFamily:
                            (int(s.low + s.high) // 2 if s.kind == "int" else float(f"{(s.low + s.high) / 2:.4g}"))
                            for key, s in self.settings.items()})
 
+    def edges(self) -> list[Task]:
+        """The tasks at the low and at the high end of every setting (the first and the last choice)."""
+        return [self._task({key: (s.choices[end] if s.kind == "choice" else (s.low, s.high)[end])
+                            for key, s in self.settings.items()}) for end in (0, -1)]
+
     @property
     def size(self) -> float:
         """How many distinct tasks it holds (math.inf with a float range)."""
@@ -187,7 +192,9 @@ class Curriculum:
         self.families = [TaskFamily.parse(task.name if isinstance(task, Task) else task)
                          if not isinstance(task, TaskFamily) else task for task in tasks]
         self.probabilities = np.asarray(task_probabilities(weights, len(self.families)))
-        self.tasks = [family.middle() for family in self.families]  # one task per family: spaces are checked on these
+        self.tasks = [family.middle() for family in self.families]  # one task per family, its middle settings
+        probes = [task for family in self.families for task in (family.middle(), *family.edges())]
+        self.probes = list({task.name: task for task in probes}.values())  # envs check their spaces on these
         self.size = sum(family.size for family in self.families)
         self._families_of: dict[str, str] = {}
 
@@ -246,8 +253,9 @@ class RandomCurriculum(Curriculum):
 class LearningProgressCurriculum(Curriculum):
     """A pool of tasks drawn from the families, sampled by learning progress (learning_progress.py).
 
-    Each update: the episodes' returns are recorded for their tasks (episodes of a task that has left
-    the pool are dropped), normalised by their family's range (curriculum.score_ranges, else the
+    Each update: the episodes' returns are recorded for their tasks (each agent's episode is one
+    score, so a MettaGrid simulation gives one per agent; episodes of a task that has left the pool
+    are dropped), normalised by their family's range (curriculum.score_ranges, else the
     running min and max of its returns) and the averages step; then, when the families hold more
     tasks than the pool, the task `LearningProgress.evictable` names is replaced by a new draw;
     then the sampling table is published. Its draws are seeded by (seed, number of updates): the
@@ -343,10 +351,15 @@ class LearningProgressCurriculum(Curriculum):
         return stats
 
     def state_dict(self) -> dict:
-        return {"algorithm": "learning_progress", "pool": list(self.pool), "updates": self.updates,
+        return {"algorithm": "learning_progress", "families": [f.spec for f in self.families],
+                "pool": list(self.pool), "updates": self.updates,
                 "evictions": self.evictions, "seen": [list(s) for s in self.seen], "lp": self.lp.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        families = [f.spec for f in self.families]
+        if state["families"] != families:  # the pool's ids stand for tasks of those families
+            raise ConfigError(f"the checkpoint's curriculum drew its tasks from {state['families']}, not {families}: "
+                              "resume with its curriculum.tasks, or pass --checkpoint.no-resume to start over")
         self.pool, self.updates, self.evictions = list(state["pool"]), state["updates"], state["evictions"]
         self.seen = [list(s) for s in state["seen"]]
         self.lp.load_state_dict(state["lp"])

@@ -109,8 +109,8 @@ class CurriculumEnv(gym.Env):
     """A single env that plays the curriculum's choice of task each episode; info["task"] names it.
 
     A task's env is built the first time the task is drawn and kept for its later episodes (the
-    `KEEP` most recently played); it must have the spaces of the curriculum's first task, which every
-    family's first task is checked against here. Each episode reseeds its task's env from this env's
+    `KEEP` most recently played); it must have the spaces of the curriculum's first task, which the
+    middle and both ends of every family (`curriculum.probes`) are checked against here. Each episode reseeds its task's env from this env's
     generator, so that a seed gives the same episodes whatever the order of the draws."""
 
     KEEP = 32
@@ -121,7 +121,7 @@ class CurriculumEnv(gym.Env):
         self.envs: dict[str, gym.Env] = {}  # task name -> its env, the most recently played last
         first = self._env(curriculum.tasks[0])
         self.observation_space, self.action_space = first.observation_space, first.action_space
-        for task in curriculum.tasks[1:]:
+        for task in curriculum.probes:
             self._env(task)
         self.task = curriculum.tasks[0]
 

@@ -132,7 +132,7 @@ class MettaGridVecEnv:
         game = config.game
         self.agents_per_sim = game.num_agents
         self.shape = _shape(config)
-        for task in curriculum.tasks[1:]:  # every family's first task, checked now
+        for task in curriculum.probes:  # the middle and both ends of every family, checked now
             self._config(task)
         self.num_simulations = num_envs
         self.num_envs = num_envs * self.agents_per_sim  # the batch: one row per agent

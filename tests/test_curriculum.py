@@ -303,3 +303,15 @@ def test_env_processes_play_the_pool_the_learner_publishes(env_id, num_workers):
             played.extend(infos["task"][terminated | truncated])
     vecenv.close()
     assert len(played) > 8 and set(played) == {curriculum.names[chosen]}
+
+
+def test_a_family_whose_settings_change_the_spaces_is_refused_before_training():
+    pytest.importorskip("mettagrid")
+    with pytest.raises(UnsupportedEnvError, match="num_agents=2 has \\(agents, tokens, actions\\) \\(2, 64, 5\\)"):
+        make_vecenv(EnvConfig(num_envs=2), 0, RandomCurriculum(["mettagrid/hearts:num_agents=2..4"]))
+
+
+def test_a_checkpointed_pool_is_refused_by_another_task_space():
+    saved = lp_curriculum(["CartPole-v1:max_episode_steps=10..500"]).state_dict()
+    with pytest.raises(ConfigError, match="resume with its curriculum.tasks, or pass --checkpoint.no-resume"):
+        lp_curriculum(["CartPole-v1:max_episode_steps=10..50"]).load_state_dict(saved)
