@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--total-timesteps", type=int, default=2_000_000)
-    parser.add_argument("--eval-episodes", type=int, default=8, help="simulations of 4 agents per grid setting")
+    parser.add_argument("--eval-episodes", type=int, default=16, help="simulations of 4 agents per grid setting")
     parser.add_argument("--fresh", action="store_true", help="run again the runs that have results")
     parser.add_argument("--report", action="store_true", help="only write the table and figure from the results")
     args = parser.parse_args()

@@ -270,7 +270,7 @@ class CurriculumConfig:
     """learning_progress: finished episodes before a task may be evicted from the pool."""
     score_ranges: list[str] = field(default_factory=list)
     """learning_progress: 'low..high' episode return of each entry of tasks (or one for all) that scores are
-    normalised by to [0, 1] (empty: the running min and max of each family's returns)."""
+    normalised by to [0, 1] (empty: the running min and max of each family's tasks' mean returns)."""
 
 
 @dataclass

@@ -255,8 +255,8 @@ class LearningProgressCurriculum(Curriculum):
 
     Each update: the episodes' returns are recorded for their tasks (each agent's episode is one
     score, so a MettaGrid simulation gives one per agent; episodes of a task that has left the pool
-    are dropped), normalised by their family's range (curriculum.score_ranges, else the
-    running min and max of its returns) and the averages step; then, when the families hold more
+    are dropped), normalised by their family's range (curriculum.score_ranges, else the running min
+    and max of its tasks' mean scores) and the averages step; then, when the families hold more
     tasks than the pool, the task `LearningProgress.evictable` names is replaced by a new draw;
     then the sampling table is published. Its draws are seeded by (seed, number of updates): the
     same on every torchrun rank, and restored by a resume with the counters.
@@ -313,11 +313,12 @@ class LearningProgressCurriculum(Curriculum):
     def update(self, rollout_stats: dict) -> dict[str, float]:
         for name, episode_return in zip(rollout_stats.get("episodic_task", []), rollout_stats["episodic_return"].tolist()):
             task_id = self.ids.get(name)
-            if task_id is None:  # drawn before its task left the pool
-                continue
-            seen = self.seen[self._family(task_id)]
-            seen[:] = min(seen[0], episode_return), max(seen[1], episode_return)
-            self.lp.record(task_id, episode_return)
+            if task_id is not None:  # else drawn before its task left the pool
+                self.lp.record(task_id, episode_return)
+        for task_id in self.pool:  # the families' ranges: of their tasks' mean scores, robust to a lucky episode
+            if self.lp.outcomes[task_id]:
+                seen, mean = self.seen[self._family(task_id)], float(np.mean(self.lp.outcomes[task_id]))
+                seen[:] = min(seen[0], mean), max(seen[1], mean)
         self.lp.step(self._normalize)
         self.updates += 1
         evicted = self.lp.evictable(self.pool, self.config.min_presentations) if self.size > len(self.pool) else None
