@@ -136,6 +136,16 @@ class TaskFamily:
                                                                                         float(value).is_integer())
         return float(value) if number and s.low <= value <= s.high else None
 
+    def histogram_edges(self, key: str) -> np.ndarray:
+        """Bin edges for histograms of setting `key`'s positions: one bin per integer of a range (at most
+        50 bins) or per choice, 20 equal bins of a float range."""
+        s = self.settings[key]
+        if s.kind == "choice":
+            return np.arange(len(s.choices) + 1) - 0.5
+        if s.kind == "int" and s.high - s.low < 50:
+            return np.arange(s.low, s.high + 2) - 0.5
+        return np.linspace(s.low, s.high, 21 if s.kind == "float" else 51)
+
     def bins(self, key: str) -> int:
         """How many bins setting `key` is split into for coverage: one per choice, one per integer of a
         short range, else BINS equal parts."""

@@ -180,19 +180,20 @@ class StatsLogger:
         show over training which parts of each family were sampled."""
         if self.families is None or (self.writer is None and self.wandb_run is None):
             return
-        histograms: dict[str, list[float]] = {}
+        histograms: dict[str, tuple[list[float], np.ndarray]] = {}  # tag -> (values, bin edges)
         for family in self.families.families:
             for task in (Task.parse(name) for name in tasks if self.families.family_of(name) == family.spec):
                 for key in family.settings:
-                    histograms.setdefault(f"tasks/{family.spec}/{key}", []).append(family.position(key, task.kwargs[key]))
-        for tag, values in histograms.items():
+                    values, _ = histograms.setdefault(f"tasks/{family.spec}/{key}", ([], family.histogram_edges(key)))
+                    values.append(family.position(key, task.kwargs[key]))
+        for tag, (values, edges) in histograms.items():
             if self.writer is not None:
-                self.writer.add_histogram(tag, np.asarray(values), step)
+                self.writer.add_histogram(tag, np.asarray(values), step, bins=edges)
         if self.wandb_run is not None and histograms:
             import wandb  # the wandb extra: installed, since there is a wandb run
 
-            self.wandb_run.log({**{tag: wandb.Histogram(values) for tag, values in histograms.items()},
-                                "global_step": step})
+            self.wandb_run.log({**{tag: wandb.Histogram(np_histogram=np.histogram(values, edges))
+                                   for tag, (values, edges) in histograms.items()}, "global_step": step})
 
     def log_videos(self, step: int, videos: dict[str, str]) -> None:
         """Send mp4 files (tag -> path) to the wandb run, if any; they are on disk already."""

@@ -263,7 +263,7 @@ def _trained_tags(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(run_dir, size_guidance={"histograms": 0, "scalars": 0}).Reload()
-    return events.Tags()["scalars"], events.Tags()["histograms"]
+    return events.Tags()["scalars"], events.Tags()["histograms"], events
 
 
 @pytest.mark.parametrize("num_workers", [0, 2], ids=["in-process", "env-workers"])
@@ -276,11 +276,16 @@ def test_a_short_mettagrid_run_with_learning_progress_trains_and_logs_the_scores
     result = train.main(config)
     curriculum = result["curriculum"]
     assert curriculum.updates == 6 and sum(curriculum.lp.counts.values()) > 0
-    scalars, histograms = _trained_tags(result["run_dir"])
+    scalars, histograms, events = _trained_tags(result["run_dir"])
     for name in ("learning_progress", "probability", "coverage", "pool_tasks"):
         assert f"curriculum/{family}/{name}" in scalars
     assert {"curriculum/sampling_entropy", "curriculum/evictions", f"tasks/{family}/episodic_return"} <= set(scalars)
     assert {f"tasks/{family}/{key}" for key in ("altars", "width", "max_steps")} <= set(histograms)
+    played = {}  # the histograms have one bin per integer of the range: which altar counts were played
+    for item in events.Histograms(f"tasks/{family}/altars"):
+        for limit, count in zip(item.histogram_value.bucket_limit, item.histogram_value.bucket):
+            played[limit - 0.5] = played.get(limit - 0.5, 0) + count
+    assert {value for value, count in played.items() if count} <= set(range(1, 7)) and len(played) >= 6
     state = torch.load(max((tmp_path / "lp").glob("**/trainer_state*.pt")), weights_only=True)
     assert state["curriculum"]["pool"] == curriculum.pool
 
