@@ -90,7 +90,7 @@ def main(config: TrainingConfig) -> dict:
 
             rollout_stats, num_steps = collector.collect()
             agent_steps += num_steps
-            curriculum_stats = curriculum.update(rollout_stats)  # learning progress: the episodes' scores pick the tasks
+            curriculum_stats = curriculum.update(rollout_stats)  # learning progress: the scores pick the tasks
             set_agent_steps(custom_losses, agent_steps)  # kickstart: the teacher's weight fades with agent steps
             update_stats = ppo.update(experience, custom_losses, progress=(epoch + 1) / num_epochs)
             epoch += 1

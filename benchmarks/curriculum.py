@@ -6,6 +6,9 @@ hearts (0.84 of 1.25 per agent on a 12x12 map with one altar), to large maps wit
 it takes none (0.00 on 48x48; 8 simulations each, measured with a uniformly random policy). Three ways to train on
 it, each with the `mettagrid` preset and the same agent-step budget, in a fresh process per run:
 - learning_progress: `--curriculum.algorithm learning_progress` over the space;
+- learning_progress_by_altars: the same space as four families, one per altar count, each scored
+  on its own scale (`--curriculum.score-ranges 0..1.25 0..2.5 0..3.75 0..5.0`, the most hearts an
+  agent can average): in one family a map with 4 altars has 4 times the room of a map with 1;
 - uniform: `--curriculum.algorithm random` over the same space (a new draw every episode);
 - hard_only: uniform over the hardest corner, width and height 40..50 with 1..2 altars.
 
@@ -35,6 +38,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -57,8 +61,15 @@ compare = sys.modules["compare"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compare)
 
 SPACE = "mettagrid/hearts:width=10..50,height=10..50,altars=1..4,max_steps=100"
+BY_ALTARS = [f"mettagrid/hearts:width=10..50,height=10..50,altars={a},max_steps=100" for a in (1, 2, 3, 4)]
+CAPS = [f"0..{5 * a / 4}" for a in (1, 2, 3, 4)]  # the most hearts per agent: 5 per altar, 4 agents
 HARD = "mettagrid/hearts:width=40..50,height=40..50,altars=1..2,max_steps=100"
-ARMS = {"learning_progress": (SPACE, "learning_progress"), "uniform": (SPACE, "random"), "hard_only": (HARD, "random")}
+ARMS = {  # name -> (curriculum.tasks, curriculum.algorithm, other flags)
+    "learning_progress": ([SPACE], "learning_progress", []),
+    "learning_progress_by_altars": (BY_ALTARS, "learning_progress", ["--curriculum.score-ranges", *CAPS]),
+    "uniform": ([SPACE], "random", []),
+    "hard_only": ([HARD], "random", []),
+}
 SIDES, ALTARS = (12, 24, 36, 48), (1, 2, 3, 4)
 GRID = [(side, altars) for side in SIDES for altars in ALTARS]
 HARD_HALF = set(sorted(GRID, key=lambda g: g[0] ** 2 / g[1])[len(GRID) // 2:])  # the most cells per altar
@@ -72,36 +83,49 @@ def grid_task(side: int, altars: int) -> str:
 
 def sampled_settings(run_dir: str) -> dict[str, dict]:
     """Per setting (width, altars), from the TensorBoard histograms tasks/<family>/<setting> that log.py
-    writes each epoch: `mean`, the mean value the epoch's episodes played, as (agent steps, mean); and
-    `share`, for each tenth of training the share of its episodes in each of 10 bins of the range."""
+    writes each epoch (one bin per integer; a family of one altar count is counted by its episodes):
+    `mean`, the mean value the epoch's episodes played, as (agent steps, mean); and `share`, for each
+    tenth of training the share of its episodes in each of 10 bins of the range."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(run_dir, size_guidance={"histograms": 0}).Reload()
-    out = {}
-    for key, low, high in (("width", 10, 50), ("altars", 1, 4)):
-        tag = next((t for t in events.Tags()["histograms"] if t.endswith(f"/{key}")), None)
-        if tag is None:
-            continue
-        items = events.Histograms(tag)
-        last = max(item.step for item in items)
-        grid = np.zeros((10, 10))
-        for item in items:
+    counts: dict[str, dict[int, np.ndarray]] = {"width": {}, "altars": {}}  # setting -> step -> count per value
+    for tag in events.Tags()["histograms"]:
+        key = tag.rsplit("/", 1)[1]
+        fixed = re.search(r"altars=(\d+)(,|$)", tag)  # a family of one altar count
+        for item in events.Histograms(tag):
             h = item.histogram_value
-            row = min(int(10 * item.step / (last + 1)), 9)
-            for limit, count in zip(h.bucket_limit, h.bucket):  # log.py's bins: one per integer, limit = value + 0.5
-                if count:
-                    grid[row, min(int((limit - 0.5 - low) / (high - low + 1) * 10), 9)] += count
-        out[key] = {"mean": [(item.step, round(item.histogram_value.sum / item.histogram_value.num, 3)) for item in items],
-                    "share": (grid / np.maximum(grid.sum(axis=1, keepdims=True), 1)).round(4).tolist()}
+            for setting, (low, high) in (("width", (10, 50)), ("altars", (1, 4))):
+                row = counts[setting].setdefault(item.step, np.zeros(high - low + 1))
+                if setting == key:
+                    for limit, count in zip(h.bucket_limit, h.bucket):
+                        if count and low <= limit - 0.5 <= high:
+                            row[int(limit - 0.5) - low] += count
+                elif setting == "altars" and key == "width" and fixed:
+                    row[int(fixed.group(1)) - low] += h.num
+    out = {}
+    for setting, low in (("width", 10), ("altars", 1)):
+        steps = sorted(counts[setting])
+        rows = np.array([counts[setting][step] for step in steps])
+        if not len(steps) or rows.sum() == 0:
+            continue
+        values = low + np.arange(rows.shape[1])
+        tenths = np.array_split(rows, 10)
+        bins = np.array_split(np.arange(rows.shape[1]), min(10, rows.shape[1]))
+        share = np.array([[t[:, b].sum() for b in bins] for t in tenths])
+        out[setting] = {"mean": [(step, round(float(row @ values / row.sum()), 3)) for step, row in zip(steps, rows)
+                                 if row.sum()],
+                        "share": (share / np.maximum(share.sum(axis=1, keepdims=True), 1)).round(4).tolist()}
     return out
 
 
 def run(arm: str, seed: int, total: int, episodes: int, workdir: str) -> dict:
-    tasks, algorithm = ARMS[arm]
+    tasks, algorithm, flags = ARMS[arm]
     name = f"{arm}_seed{seed}"
-    command = [sys.executable, "train.py", "--preset", "mettagrid", "--curriculum.tasks", tasks,
-               "--curriculum.algorithm", algorithm, "--trainer.total-timesteps", str(total), "--seed", str(seed),
-               "--log.run-root", workdir, "--experiment-name", name, "--log.console-interval", "1e9"]
+    shown = ["train.py", "--preset", "mettagrid", "--curriculum.tasks", *tasks, "--curriculum.algorithm", algorithm,
+             *flags, "--trainer.total-timesteps", str(total), "--seed", str(seed)]
+    command = [sys.executable, *shown, "--log.run-root", workdir, "--experiment-name", name,
+               "--log.console-interval", "1e9"]
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.perf_counter() - start
@@ -119,9 +143,9 @@ def run(arm: str, seed: int, total: int, episodes: int, workdir: str) -> dict:
               if ((steps > a) & (steps <= b)).any()]
     return {"arm": arm, "seed": seed, "tasks": tasks, "algorithm": algorithm, "total_timesteps": total,
             "eval_episodes": episodes, "wall_seconds": wall,
-            "command": shlex.join(["python", *command[1:12]]),
-            "grid": scores, "curve": binned, "sampled": sampled_settings(run_dir), "commit": compare.commit_of(ROOT, "cleanmetta", "train.py"),
-            "machine": compare.machine()}
+            "command": shlex.join(["python", *shown]),
+            "grid": scores, "curve": binned, "sampled": sampled_settings(run_dir),
+            "commit": compare.commit_of(ROOT, "cleanmetta", "train.py"), "machine": compare.machine()}
 
 
 def setting_name(side: int, altars: int) -> str:
@@ -142,6 +166,7 @@ def report() -> None:
     if not results:
         sys.exit(f"no results in {RESULTS}: run the benchmark first")
     some = next(iter(results.values()))[0]
+    commits = ", ".join(sorted({r["commit"] for runs in results.values() for r in runs}))
 
     def cell(values: list[float]) -> str:
         return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
@@ -155,7 +180,7 @@ def report() -> None:
     table = "\n".join(lines)
     text = (f"{table}\n\nMean evaluation reward per agent ± std over seeds, on the 16-setting held-out grid "
             f"({some['eval_episodes']} simulations of 4 agents per setting); {some['total_timesteps']:,} agent steps "
-            f"per run, `mettagrid` preset. Measured on a {some['machine']} (cleanmetta {some['commit']}) with "
+            f"per run, `mettagrid` preset. Measured on a {some['machine']} (cleanmetta {commits}) with "
             "`python benchmarks/curriculum.py`.")
     write_text(os.path.join(HERE, "results", "curriculum.md"), text + "\n")
     readme = os.path.join(ROOT, "README.md")
@@ -174,11 +199,12 @@ def draw(results: dict) -> None:
     plt = import_extra("matplotlib.pyplot", "plot", "the curriculum figure")
     arms = list(results)
     fig, axes = plt.subplots(2, 1 + len(arms), figsize=(4.2 * (1 + len(arms)), 7.5))
-    for k, arm in enumerate(arms):  # evaluation per grid setting: sides x altars
-        grid = np.mean([[r["grid"][setting_name(*g)] for g in GRID] for r in results[arm]], axis=0)
-        grid = grid.reshape(len(SIDES), len(ALTARS))
+    grids = {arm: np.mean([[r["grid"][setting_name(*g)] for g in GRID] for r in runs], axis=0).reshape(
+        len(SIDES), len(ALTARS)) for arm, runs in results.items()}
+    top = max(grid.max() for grid in grids.values())
+    for k, arm in enumerate(arms):  # evaluation per grid setting: sides x altars, one colour scale
         ax = axes[0, k]
-        image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0)
+        image = ax.imshow(grids[arm], origin="lower", cmap="viridis", vmin=0, vmax=top)
         ax.set(xticks=range(len(ALTARS)), xticklabels=ALTARS, yticks=range(len(SIDES)), yticklabels=SIDES,
                xlabel="altars", ylabel="map side", title=f"{arm}: evaluation reward per agent")
         fig.colorbar(image, ax=ax, shrink=0.8)
@@ -193,7 +219,8 @@ def draw(results: dict) -> None:
         sampled = results[arm][0]["sampled"].get("width")
         ax = axes[1, k]
         if sampled:
-            ax.imshow(np.array(sampled["share"]).T, origin="lower", aspect="auto", cmap="magma", extent=(0, 1, 10, 50))
+            ax.imshow(np.array(sampled["share"]).T, origin="lower", aspect="auto", cmap="magma", extent=(0, 1, 10, 50),
+                      vmin=0, vmax=0.3)
         ax.set(xlabel="fraction of training", ylabel="map width sampled", title=f"{arm}: widths played")
     ax = axes[1, -1]
     for arm in arms:

@@ -472,7 +472,8 @@ class TrainingConfig:
             errors.append(str(err))
         check(curriculum.algorithm in typing.get_args(CurriculumName), "curriculum.algorithm", curriculum.algorithm,
               f"must be one of {list(typing.get_args(CurriculumName))}")
-        check(curriculum.num_active_tasks >= 1, "curriculum.num_active_tasks", curriculum.num_active_tasks, "must be >= 1")
+        check(curriculum.num_active_tasks >= 1, "curriculum.num_active_tasks", curriculum.num_active_tasks,
+              "must be >= 1")
         check(0 <= curriculum.rand_task_rate <= 1, "curriculum.rand_task_rate", curriculum.rand_task_rate,
               "must be in [0, 1]")
         check(0 < curriculum.ema_timescale <= 1, "curriculum.ema_timescale", curriculum.ema_timescale,

@@ -321,7 +321,8 @@ class LearningProgressCurriculum(Curriculum):
         return (mean - low) / (high - low) if high > low else 0.0
 
     def update(self, rollout_stats: dict) -> dict[str, float]:
-        for name, episode_return in zip(rollout_stats.get("episodic_task", []), rollout_stats["episodic_return"].tolist()):
+        returns = rollout_stats["episodic_return"].tolist()
+        for name, episode_return in zip(rollout_stats.get("episodic_task", []), returns):
             task_id = self.ids.get(name)
             if task_id is not None:  # else drawn before its task left the pool
                 self.lp.record(task_id, episode_return)
@@ -357,7 +358,8 @@ class LearningProgressCurriculum(Curriculum):
             if mine:
                 stats[f"{prefix}/learning_progress"] = float(np.mean([self.lp.score(self.pool[k]) for k in mine]))
             tasks = [Task.parse(self.names[self.pool[k]]) for k in mine]
-            shares = [len({family.bin(key, t.kwargs[key]) for t in tasks}) / family.bins(key) for key in family.settings]
+            shares = [len({family.bin(key, t.kwargs[key]) for t in tasks}) / family.bins(key)
+                      for key in family.settings]
             stats[f"{prefix}/coverage"] = float(np.mean(shares)) if shares and tasks else float(bool(tasks))
         return stats
 

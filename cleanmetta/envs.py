@@ -15,11 +15,11 @@ gymnasium's native vector env where the id has one. An id from another package i
 importing that package first: the task's own module (`module:ID`, gymnasium's convention), or for
 a few known families (`ALE/`, `MiniGrid-`, `BabyAI-`) their package, when the id is not registered
 yet. `env.wrappers` (gymnasium wrappers by import path) wrap every task's env, in order. With more
-than one task each sub-env is a `CurriculumEnv`, which plays the curriculum's choice each episode,
-reports its task in `info["task"]` and refuses tasks whose spaces differ. `mettagrid/<task>` ids
-(the optional MettaGrid extra) build cleanmetta.mettagrid_env's vector env, which follows the same
-contract with one batch row per agent; `ALE/<game>` ids (the atari extra) cleanmetta.atari's, on
-ale-py's native vector env with the game score in info["episode"].
+than one task (or a task family) each sub-env is a `CurriculumEnv`, which plays the curriculum's
+choice each episode, reports its task in `info["task"]` and refuses tasks whose spaces differ.
+`mettagrid/<task>` ids (the optional MettaGrid extra) build cleanmetta.mettagrid_env's vector env,
+which follows the same contract with one batch row per agent; `ALE/<game>` ids (the atari extra)
+cleanmetta.atari's, on ale-py's native vector env with the game score in info["episode"].
 
 `CartPoleNoVel-v1` (registered here) is CartPole-v1 without its two velocity observations: only
 the cart's position and the pole's angle are seen, so a policy must remember past observations to
@@ -110,8 +110,9 @@ class CurriculumEnv(gym.Env):
 
     A task's env is built the first time the task is drawn and kept for its later episodes (the
     `KEEP` most recently played); it must have the spaces of the curriculum's first task, which the
-    middle and both ends of every family (`curriculum.probes`) are checked against here. Each episode reseeds its task's env from this env's
-    generator, so that a seed gives the same episodes whatever the order of the draws."""
+    middle and both ends of every family (`curriculum.probes`) are checked against here. Each episode
+    reseeds its task's env from this env's generator, so that a seed gives the same episodes
+    whatever the order of the draws."""
 
     KEEP = 32
 

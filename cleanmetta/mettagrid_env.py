@@ -181,8 +181,9 @@ class MettaGridVecEnv:
         if config is None:
             config = task_config(task)
             if self.configs and _shape(config) != self.shape:
-                raise UnsupportedEnvError(f"curriculum task {task.name} has (agents, tokens, actions) {_shape(config)}; "
-                                          f"every task needs those of {self.curriculum.tasks[0].name}: {self.shape}")
+                raise UnsupportedEnvError(f"curriculum task {task.name} has (agents, tokens, actions) "
+                                          f"{_shape(config)}; every task needs those of "
+                                          f"{self.curriculum.tasks[0].name}: {self.shape}")
             if len(self.configs) >= KEEP:
                 self.configs.popitem(last=False)
         self.configs[task.name] = config
