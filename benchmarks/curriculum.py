@@ -206,7 +206,7 @@ def draw(results: dict) -> None:
         ax = axes[0, k]
         image = ax.imshow(grids[arm], origin="lower", cmap="viridis", vmin=0, vmax=top)
         ax.set(xticks=range(len(ALTARS)), xticklabels=ALTARS, yticks=range(len(SIDES)), yticklabels=SIDES,
-               xlabel="altars", ylabel="map side", title=f"{arm}: evaluation reward per agent")
+               xlabel="altars", ylabel="map side", title=f"{arm}\nevaluation reward per agent")
         fig.colorbar(image, ax=ax, shrink=0.8)
     ax = axes[0, -1]
     for arm in arms:  # training curves, mean over seeds
@@ -221,7 +221,7 @@ def draw(results: dict) -> None:
         if sampled:
             ax.imshow(np.array(sampled["share"]).T, origin="lower", aspect="auto", cmap="magma", extent=(0, 1, 10, 50),
                       vmin=0, vmax=0.3)
-        ax.set(xlabel="fraction of training", ylabel="map width sampled", title=f"{arm}: widths played")
+        ax.set(xlabel="fraction of training", ylabel="map width sampled", title=f"{arm}\nwidths played")
     ax = axes[1, -1]
     for arm in arms:
         sampled = results[arm][0]["sampled"].get("altars")
