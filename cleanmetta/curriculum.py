@@ -285,7 +285,7 @@ class LearningProgressCurriculum(Curriculum):
         self.pool: list[int] = []
         self.names: dict[int, str] = {}
         self.ids: dict[str, int] = {}
-        self.updates = self.evictions = 0
+        self.updates = self.evictions = self.recorded = 0  # recorded: episode scores taken in, all tasks
         self.table = TaskTable(c.num_active_tasks)
         self._fill(self._rng())
         self._publish()
@@ -326,6 +326,7 @@ class LearningProgressCurriculum(Curriculum):
             task_id = self.ids.get(name)
             if task_id is not None:  # else drawn before its task left the pool
                 self.lp.record(task_id, episode_return)
+                self.recorded += 1
         for task_id in self.pool:  # the families' ranges: of their tasks' mean scores, robust to a lucky episode
             if self.lp.outcomes[task_id]:
                 seen, mean = self.seen[self._family(task_id)], float(np.mean(self.lp.outcomes[task_id]))
@@ -343,11 +344,12 @@ class LearningProgressCurriculum(Curriculum):
         return self.stats()
 
     def stats(self) -> dict[str, float]:
-        """The pool: its size, evictions so far, the sampling entropy (nats), and per family its tasks,
+        """The pool: its size, evictions and episodes taken in so far, the sampling entropy (nats), and per family its tasks,
         their mean learning progress, their share of the draws and their coverage of its settings
         (the mean over settings of the share of their bins that a pool task falls in)."""
         p = self.probs
         stats = {"curriculum/pool_size": len(self.pool), "curriculum/evictions": self.evictions,
+                 "curriculum/episodes": self.recorded,
                  "curriculum/sampling_entropy": float(-(p * np.log(np.maximum(p, 1e-12))).sum())}
         members = [self._family(task_id) for task_id in self.pool]
         for i, family in enumerate(self.families):
@@ -365,7 +367,7 @@ class LearningProgressCurriculum(Curriculum):
 
     def state_dict(self) -> dict:
         return {"algorithm": "learning_progress", "families": [f.spec for f in self.families],
-                "pool": list(self.pool), "updates": self.updates,
+                "pool": list(self.pool), "updates": self.updates, "recorded": self.recorded,
                 "evictions": self.evictions, "seen": [list(s) for s in self.seen], "lp": self.lp.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -374,6 +376,7 @@ class LearningProgressCurriculum(Curriculum):
             raise ConfigError(f"the checkpoint's curriculum drew its tasks from {state['families']}, not {families}: "
                               "resume with its curriculum.tasks, or pass --checkpoint.no-resume to start over")
         self.pool, self.updates, self.evictions = list(state["pool"]), state["updates"], state["evictions"]
+        self.recorded = state["recorded"]
         self.seen = [list(s) for s in state["seen"]]
         self.lp.load_state_dict(state["lp"])
         self.names = {task_id: self.task(task_id).name for task_id in self.pool}

@@ -320,3 +320,15 @@ def test_a_checkpointed_pool_is_refused_by_another_task_space():
     saved = lp_curriculum(["CartPole-v1:max_episode_steps=10..500"]).state_dict()
     with pytest.raises(ConfigError, match="resume with its curriculum.tasks, or pass --checkpoint.no-resume"):
         lp_curriculum(["CartPole-v1:max_episode_steps=10..50"]).load_state_dict(saved)
+
+
+def test_every_curriculum_flag_the_docs_name_exists():
+    import dataclasses
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flags = {f.name.replace("_", "-") for f in dataclasses.fields(CurriculumConfig)}
+    for page in ("README.md", os.path.join("docs", "curriculum.md")):
+        with open(os.path.join(root, page)) as f:
+            named = set(re.findall(r"--curriculum\.([a-z-]+)", f.read()))
+        assert named and named <= flags, (page, named - flags)

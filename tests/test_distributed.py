@@ -208,10 +208,10 @@ def test_every_ranks_episodes_update_one_shared_curriculum(tmp_path):
     spawn(_curriculum_worker, str(tmp_path))
     first, second = torch.load(tmp_path / "gathered.pt", weights_only=True)
     assert first["curriculum"] == second["curriculum"] and first["curriculum"]["updates"] == 4
-    recorded = sum(first["curriculum"]["lp"]["counts"])
     with open(tmp_path / "curriculum" / "episodes.csv") as f:
         episodes = len(f.read().splitlines()) - 1  # every rank's episodes, as rank 0 logs them
-    assert episodes > 40 and recorded >= episodes // 2  # both ranks' episodes (those of evicted tasks are dropped)
+    # both ranks' episodes, less the few that finished after their task left the pool (one rank's: about half)
+    assert episodes > 40 and 0.8 * episodes <= first["curriculum"]["recorded"] <= episodes
 
 
 def _checkpoint_worker(rank, run_dir):
