@@ -44,6 +44,7 @@ from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import import_extra, mettagrid_config
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, Simulation
+from cleanmetta.files import write_text
 from cleanmetta.plot import plot_curves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +82,16 @@ def machine() -> str:
     import torch  # only for its version: the runs themselves are subprocesses
 
     return f"{os.cpu_count()}-core CPU ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def write_readme_block(start: str, end: str, text: str) -> None:
+    """Put `text` between the README's `start` and `end` markers (atomically; nothing when they are missing)."""
+    readme = os.path.join(ROOT, "README.md")
+    with open(readme) as f:
+        content = f.read()
+    if start in content and end in content:
+        before, rest = content.split(start, 1)
+        write_text(readme, f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 def run_process(command: list[str]) -> tuple[float, float]:

@@ -41,10 +41,8 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -126,9 +124,7 @@ def run(arm: str, seed: int, total: int, episodes: int, workdir: str) -> dict:
              *flags, "--trainer.total-timesteps", str(total), "--seed", str(seed)]
     command = [sys.executable, *shown, "--log.run-root", workdir, "--experiment-name", name,
                "--log.console-interval", "1e9"]
-    start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True)
-    wall = time.perf_counter() - start
+    wall, _ = compare.run_process(command)
     run_dir = os.path.join(workdir, name)
     with open(os.path.join(run_dir, "episodes.csv")) as f:
         curve = [(int(r["agent_steps"]), float(r["return"])) for r in csv.DictReader(f)]
@@ -183,12 +179,7 @@ def report() -> None:
             f"per run, `mettagrid` preset. Measured on a {some['machine']} (cleanmetta {commits}) with "
             "`python benchmarks/curriculum.py`.")
     write_text(os.path.join(HERE, "results", "curriculum.md"), text + "\n")
-    readme = os.path.join(ROOT, "README.md")
-    with open(readme) as f:
-        content = f.read()
-    if MARKERS[0] in content:
-        head, rest = content.split(MARKERS[0], 1)
-        write_text(readme, f"{head}{MARKERS[0]}\n{text}\n{MARKERS[1]}{rest.split(MARKERS[1], 1)[1]}")
+    compare.write_readme_block(*MARKERS, text)
     print(text)
     draw(results)
 

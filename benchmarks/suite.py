@@ -227,14 +227,8 @@ def write_report(runs: dict[str, dict[str, list[dict]]]) -> None:
     print("\n" + report)
     write_text(os.path.join(HERE, "results", "suite.md"), report + "\n")
     picture = draw(runs, os.path.join(HERE, "results", "suite.png"))
-    readme = os.path.join(ROOT, "README.md")
-    with open(readme) as f:
-        text = f.read()
-    if README_START in text and README_END in text:
-        before, rest = text.split(README_START, 1)
-        after = rest.split(README_END, 1)[1]
-        figure = "\n\n![every task's learning curves](benchmarks/results/suite.png)" if picture else ""
-        write_text(readme, before + README_START + "\n" + report + figure + "\n" + README_END + after)
+    figure = "\n\n![every task's learning curves](benchmarks/results/suite.png)" if picture else ""
+    compare.write_readme_block(README_START, README_END, report + figure)
 
 
 def main() -> None:

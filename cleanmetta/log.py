@@ -181,11 +181,15 @@ class StatsLogger:
         if self.families is None or (self.writer is None and self.wandb_run is None):
             return
         histograms: dict[str, tuple[list[float], np.ndarray]] = {}  # tag -> (values, bin edges)
-        for family in self.families.families:
-            for task in (Task.parse(name) for name in tasks if self.families.family_of(name) == family.spec):
-                for key in family.settings:
-                    values, _ = histograms.setdefault(f"tasks/{family.spec}/{key}", ([], family.histogram_edges(key)))
-                    values.append(family.position(key, task.kwargs[key]))
+        families = {family.spec: family for family in self.families.families if family.settings}
+        for name in tasks:
+            family = families.get(self.families.family_of(name))
+            if family is None:  # a concrete task: no settings to show
+                continue
+            kwargs = Task.parse(name).kwargs
+            for key in family.settings:
+                values, _ = histograms.setdefault(f"tasks/{family.spec}/{key}", ([], family.histogram_edges(key)))
+                values.append(family.position(key, kwargs[key]))
         for tag, (values, edges) in histograms.items():
             if self.writer is not None:
                 self.writer.add_histogram(tag, np.asarray(values), step, bins=edges)

@@ -77,8 +77,9 @@ def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, 
     torchrun every rank calls this and rank 0 writes, with every rank's RNG state (and the
     curriculum's state, the same on every rank)."""
     extra = {"reward_scaler": reward_scaler.state_dict()} if reward_scaler is not None else {}
-    if curriculum is not None and curriculum.state_dict():
-        extra["curriculum"] = curriculum.state_dict()
+    curriculum_state = curriculum.state_dict() if curriculum is not None else {}
+    if curriculum_state:  # learning progress: its pool
+        extra["curriculum"] = curriculum_state
     if distributed.world_size() > 1:
         extra.update(world_size=distributed.world_size(), rank_rng=distributed.all_gather_objects(rng_state()))
     if not distributed.is_main():

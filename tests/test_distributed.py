@@ -165,15 +165,24 @@ def test_after_an_update_every_process_holds_the_same_parameters_and_statistics(
     torch.testing.assert_close(first["moments"]["std"], torch.stack([x.std() for x in pooled]))
 
 
-def _functional_worker(rank, run_root):
+def _train(run_root, name, epochs, curriculum=None):
+    """The functional loop on small_fast settings, 8 envs on each of the 2 ranks for `epochs` epochs
+    (a curriculum config on top, if given): (policy, curriculum, final state)."""
     config = small_fast_config()
-    config.env.num_envs, config.trainer.total_timesteps = 8, 3 * 2 * 8 * 32  # 3 epochs of 2 processes
-    config.log.run_root, config.experiment_name, config.log.tensorboard = run_root, "functional", False
+    config.env.num_envs, config.trainer.total_timesteps = 8, epochs * 2 * 8 * 32
+    config.log.run_root, config.experiment_name, config.log.tensorboard = run_root, name, False
+    config.curriculum = curriculum or config.curriculum
+    built = make_curriculum(config.env, config.curriculum, config.seed)
+    probe = make_vecenv(config.env, config.seed, built)
+    policy = make_policy(config.agent, probe.single_observation_space, probe.single_action_space)
+    probe.close()
+    state = functional_training_loop(config, config.ppo, policy, built, PolicyStore(os.path.join(run_root, name)))
+    return policy, built, state
+
+
+def _functional_worker(rank, run_root):
     torch.manual_seed(rank)  # different initial weights: the loop must start every rank from rank 0's
-    vecenv = make_vecenv(config.env, config.seed)
-    policy = make_policy(config.agent, vecenv.single_observation_space, vecenv.single_action_space)
-    state = functional_training_loop(config, config.ppo, policy, make_curriculum(config.env, config.curriculum),
-                                     PolicyStore(os.path.join(run_root, "functional")))
+    policy, _, state = _train(run_root, "functional", epochs=3)
     gathered = distributed.all_gather_objects({"params": policy.state_dict(), "agent_steps": state.agent_steps})
     if rank == 0:
         torch.save(gathered, os.path.join(run_root, "gathered.pt"))
@@ -189,16 +198,9 @@ def test_the_functional_loop_trains_one_policy_on_two_processes(tmp_path):
 
 
 def _curriculum_worker(rank, run_root):
-    config = small_fast_config()
-    config.env.num_envs, config.trainer.total_timesteps = 8, 4 * 2 * 8 * 32  # 4 epochs of 2 processes
-    config.log.run_root, config.experiment_name, config.log.tensorboard = run_root, "curriculum", False
-    config.curriculum = CurriculumConfig(tasks=["CartPole-v1:max_episode_steps=8..100"], algorithm="learning_progress",
-                                         num_active_tasks=6, sample_threshold=2, min_presentations=2)
-    curriculum = make_curriculum(config.env, config.curriculum, config.seed)
-    vecenv = make_vecenv(config.env, config.seed, curriculum)
-    policy = make_policy(config.agent, vecenv.single_observation_space, vecenv.single_action_space)
-    vecenv.close()
-    state = functional_training_loop(config, config.ppo, policy, curriculum)
+    _, curriculum, state = _train(run_root, "curriculum", epochs=4, curriculum=CurriculumConfig(
+        tasks=["CartPole-v1:max_episode_steps=8..100"], algorithm="learning_progress", num_active_tasks=6,
+        sample_threshold=2, min_presentations=2))
     gathered = distributed.all_gather_objects({"curriculum": curriculum.state_dict(), "steps": state.agent_steps})
     if rank == 0:
         torch.save(gathered, os.path.join(run_root, "gathered.pt"))
