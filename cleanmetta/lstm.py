@@ -80,7 +80,7 @@ class LSTMPolicy(Policy):
         keep = (~first[:, 0]).unsqueeze(-1).to(x.dtype)
         if not first[:, 1:].any():  # no episode begins inside a segment (most minibatches, once episodes are long)
             h, c = (state[0] * keep).unsqueeze(0), (state[1] * keep).unsqueeze(0)
-            out, _ = self.lstm(x.view(S, L, -1).transpose(0, 1), (h, c))
+            out, _ = float32_lstm(self.lstm, x.view(S, L, -1).transpose(0, 1), (h, c))
             return out.transpose(0, 1)
         starts = first.clone()
         starts[:, 0] = True                                              # every segment starts a piece
@@ -94,7 +94,7 @@ class LSTMPolicy(Policy):
         keep = (~first.flatten()[begins]).unsqueeze(-1).to(x.dtype)
         segment = begins // L
         h, c = (state[0][segment] * keep).unsqueeze(0), (state[1][segment] * keep).unsqueeze(0)
-        out, _ = self.lstm(padded, (h, c))
+        out, _ = float32_lstm(self.lstm, padded, (h, c))
         return out[position, piece].view(S, L, -1)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:  # a single step from a zero state
@@ -117,6 +117,20 @@ class LSTMPolicy(Policy):
         state = state if state is not None else self.initial_state(obs.shape[0], obs.device)
         params, _, state = self.step(obs, state)
         return (self.head.mode(params) if deterministic else self.head.sample(params)), state
+
+
+def float32_lstm(lstm: nn.LSTM, x: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+    """lstm(x, state) in float32 arithmetic on a GPU too. cuDNN may run an LSTM in TF32 on recent GPUs
+    (torch.backends.cudnn.allow_tf32 is on by default), about 1e-3 away from the rollout's float32
+    steps (lstm_step); the update's replay must reproduce those, so that the first minibatch's
+    importance ratios are 1."""
+    if x.device.type != "cuda" or not torch.backends.cudnn.allow_tf32:
+        return lstm(x, state)
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        return lstm(x, state)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
 
 
 class SegmentReplay(Policy):

@@ -7,6 +7,31 @@ from gymnasium import spaces
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="the torch device of the tests that take the `device` fixture (marked `device`), e.g. "
+                          "cuda: python -m pytest -m device --device cuda")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs on --device (cpu unless told); `-m device` selects these")
+    device = torch.device(config.getoption("--device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {device} but torch.cuda.is_available() is False; use --device cpu")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The device under test (--device): these tests hold on the CPU and on a GPU alike."""
+    return torch.device(request.config.getoption("--device"))
+
+
 class EpisodeCounterEnv(gym.Env):
     """Observation [episode index, step in episode]; reward 1 per step.
 

@@ -1,5 +1,7 @@
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,6 +143,54 @@ def test_trainer_state_round_trip_restores_optimizer_counters_and_rng(tmp_path):
     # a trainer state whose policy never reached policies.json (a kill in between) is not in force
     checkpointer.save_trainer_state(1300, 8, optimizer.state_dict(), str(tmp_path), policy_uri="policies/x.pt")
     assert checkpointer.load_trainer_state(str(tmp_path))["epoch"] == 7
+
+
+LOAD_WITHOUT_A_GPU = """
+import sys, torch
+from cleanmetta.checkpoint import TrainingCheckpointer, set_rng_state
+from cleanmetta.config import TrainerConfig
+from cleanmetta.trainer import make_optimizer
+assert not torch.cuda.is_available()
+run_dir = sys.argv[1]
+expected = torch.load(run_dir + "/expected.pt", weights_only=True)
+checkpointer = TrainingCheckpointer(run_dir)
+state = checkpointer.load_trainer_state(run_dir)
+policy = checkpointer.load_policy(state).policy
+for got, want in zip(policy(expected["obs"]), expected["outputs"]):
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+optimizer = make_optimizer(policy, TrainerConfig(), torch.device("cpu"))
+optimizer.load_state_dict(state["optimizer_state"])
+for moments, want in zip(optimizer.state.values(), expected["exp_avg"]):
+    assert moments["exp_avg"].device.type == "cpu"
+    torch.testing.assert_close(moments["exp_avg"], want, rtol=0, atol=0)
+set_rng_state(state["rng"])
+print("loaded", state["epoch"], state["agent_step"])
+"""
+
+
+def test_a_checkpoint_saved_on_the_device_loads_where_there_is_no_gpu(tmp_path, device):
+    """A checkpoint written from `device` (the policy, fused Adam's moments, the RNG states) reads back in a
+    process that sees no GPU, as a GPU run's checkpoint does on a laptop: the same outputs and moments."""
+    from cleanmetta.config import TrainerConfig
+    from cleanmetta.trainer import make_optimizer
+
+    policy = make().to(device)
+    optimizer = make_optimizer(policy, TrainerConfig(), device)
+    policy(torch.randn(8, 4, device=device))[1].sum().backward()
+    optimizer.step()
+    TrainingCheckpointer(str(tmp_path)).save_checkpoint(policy, 2, 1024, optimizer.state_dict())
+    obs = torch.randn(5, 4)
+    with torch.no_grad():
+        outputs = [x.cpu() for x in policy(obs.to(device))]
+    torch.save({"obs": obs, "outputs": outputs, "exp_avg": [s["exp_avg"].cpu() for s in optimizer.state.values()]},
+               tmp_path / "expected.pt")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])  # the tree, and what else the tests had
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
+    result = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_A_GPU, str(tmp_path)], capture_output=True, text=True,
+                            cwd=root, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "loaded 2 1024"
 
 
 def test_load_policy_checks_the_env_spaces(tmp_path):

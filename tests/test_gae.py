@@ -38,9 +38,9 @@ def reference_advantages(rewards, values, last_value, terminals, dones, gamma, l
     return advantages
 
 
-def random_experience(T, B, seed):
+def random_experience(T, B, seed, device="cpu"):
     rng = random.Random(seed)
-    exp = Experience(T, B, spaces.Box(-1, 1, (3,)), spaces.Discrete(2))
+    exp = Experience(T, B, spaces.Box(-1, 1, (3,)), spaces.Discrete(2), device)
     terminals = [[float(rng.random() < 0.1) for _ in range(B)] for _ in range(T)]
     truncations = [[float(rng.random() < 0.1) for _ in range(B)] for _ in range(T)]
     dones = [[max(a, b) for a, b in zip(x, y)] for x, y in zip(terminals, truncations)]
@@ -56,16 +56,17 @@ def random_experience(T, B, seed):
 
 
 @pytest.mark.parametrize("gamma, lam", [(0.99, 0.95), (0.9, 1.0), (1.0, 0.0)])
-def test_gae_matches_plain_python_reference(gamma, lam):
-    exp, data = random_experience(T=40, B=5, seed=3)
+def test_gae_matches_plain_python_reference(gamma, lam, device):
+    exp, data = random_experience(T=40, B=5, seed=3, device=device)
     exp.compute_advantages(gamma, lam)
     expected = torch.tensor(reference_advantages(*data, gamma, lam))
-    torch.testing.assert_close(exp.advantages, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(exp.returns, expected + exp.values)
+    assert exp.advantages.device.type == device.type
+    torch.testing.assert_close(exp.advantages.cpu(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(exp.returns.cpu(), expected + exp.values.cpu())
 
 
-def test_truncation_bootstraps_but_termination_does_not():
-    exp = Experience(2, 2, spaces.Box(-1, 1, (1,)), spaces.Discrete(2))
+def test_truncation_bootstraps_but_termination_does_not(device):
+    exp = Experience(2, 2, spaces.Box(-1, 1, (1,)), spaces.Discrete(2), device)
     exp.rewards[:] = 1.0
     exp.values[:] = torch.tensor([[0.5, 0.5], [10.0, 10.0]])  # step 1 holds the final obs' value
     exp.dones[0] = 1.0

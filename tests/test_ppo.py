@@ -6,10 +6,11 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from cleanmetta.config import PPOConfig
+from cleanmetta.config import PPOConfig, TrainerConfig
 from cleanmetta.experience import Experience
 from cleanmetta.policy import MLPPolicy, Policy
 from cleanmetta.ppo import PPOOptimizer
+from cleanmetta.trainer import make_optimizer
 
 
 class TablePolicy(Policy):
@@ -79,9 +80,9 @@ def test_advantages_are_normalised_per_minibatch():
     assert b.policy_loss.item() == pytest.approx(0.0, abs=1e-6)
 
 
-def filled_experience(num_steps=8, num_agents=4, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    exp = Experience(num_steps, num_agents, spaces.Box(-1, 1, (4,)), spaces.Discrete(2))
+def filled_experience(num_steps=8, num_agents=4, seed=0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)  # the same data on every device
+    exp = Experience(num_steps, num_agents, spaces.Box(-1, 1, (4,)), spaces.Discrete(2), device)
     exp.obs[:] = torch.randn(exp.obs.shape, generator=gen)
     exp.actions[:] = torch.randint(0, 2, exp.actions.shape, generator=gen)
     exp.logprobs[:] = math.log(0.5)
@@ -135,6 +136,33 @@ def test_custom_loss_gradient_reaches_the_policy():
     plain, with_custom = weights_after([]), weights_after([actor_weight_decay])
     assert not torch.allclose(plain, with_custom)
     assert with_custom.norm() < plain.norm()  # the penalty pulled the weights towards zero
+
+
+def test_the_update_on_the_device_matches_the_update_on_the_cpu(device):
+    """The same policy, rollout and settings: GAE, the clipped losses, gradient clipping and fused Adam give the
+    CPU's parameters and statistics on `device`, to float tolerance. One minibatch an epoch, so that the shuffle,
+    which each device draws from its own generator, changes only the order of the sums."""
+    def update_on(dev):
+        torch.manual_seed(0)
+        policy = MLPPolicy(spaces.Box(-1, 1, (4,)), spaces.Discrete(2)).to(dev)
+        optimizer = make_optimizer(policy, TrainerConfig(learning_rate=1e-2), dev)
+        exp = filled_experience(num_steps=32, num_agents=8, device=dev)
+        exp.dones[10], exp.terminals[10, :4], exp.valid[11] = 1.0, 1.0, 0.0  # ends, truncations, autoreset steps
+        exp.last_value[:] = 0.5
+        stats = PPOOptimizer(policy, optimizer, dev, PPOConfig(num_minibatches=1, update_epochs=3)).update(exp)
+        assert exp.advantages.device.type == policy.actor.weight0.device.type == dev.type
+        return [p.detach().cpu() for p in policy.parameters()], stats
+
+    torch.manual_seed(0)
+    initial = [p.detach().clone() for p in MLPPolicy(spaces.Box(-1, 1, (4,)), spaces.Discrete(2)).parameters()]
+    on_cpu, cpu_stats = update_on(torch.device("cpu"))
+    on_device, device_stats = update_on(device)
+    assert any((a - b).abs().max() > 1e-3 for a, b in zip(on_cpu, initial))  # three Adam steps moved the policy
+    for a, b in zip(on_device, on_cpu):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert device_stats.keys() == cpu_stats.keys()
+    for key, value in cpu_stats.items():
+        assert device_stats[key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
 
 
 def test_update_reports_losses_and_changes_parameters():

@@ -23,15 +23,15 @@ T, NUM_ENVS, HORIZON = 32, 4, 8
 
 
 def rollout(env_id: str = "CartPoleNoVel-v1", name: str = "mlp", lstm_size: int = 16, num_envs: int = NUM_ENVS,
-            seed: int = 0):
+            seed: int = 0, device: torch.device | str = "cpu"):
     """A recurrent policy, the buffer of one rollout of an untrained policy (CartPole episodes of ~20 steps
     end inside the 8-step segments), and its collector."""
     torch.manual_seed(seed)
     vecenv = make_vecenv(EnvConfig(id=env_id, num_envs=num_envs), seed)
     policy = make_policy(AgentConfig(name=name, lstm_size=lstm_size), vecenv.single_observation_space,
-                         vecenv.single_action_space)
-    exp = Experience.for_env(vecenv, T, "cpu", policy.lstm_size, HORIZON)
-    collector = RolloutCollector(vecenv, policy, exp)
+                         vecenv.single_action_space).to(device)
+    exp = Experience.for_env(vecenv, T, device, policy.lstm_size, HORIZON)
+    collector = RolloutCollector(vecenv, policy, exp, device)
     collector.collect()
     exp.compute_advantages(0.99, 0.95)
     return policy, exp, collector
@@ -57,15 +57,15 @@ def test_make_policy_puts_an_lstm_between_any_encoder_and_the_heads():
         assert torch.equal(policy.encode(obs) if not lstm_size else policy.net.encode(obs), policy.obs_norm(obs))
 
 
-def test_the_first_minibatch_recomputes_the_rollouts_logprobs_and_values():
+def test_the_first_minibatch_recomputes_the_rollouts_logprobs_and_values(device):
     """Ratio 1 on the first minibatch of the first epoch: the replay from the stored segment starts, with its
     resets at episode starts, must reproduce what the rollout computed step by step."""
-    policy, exp, _ = rollout()
+    policy, exp, _ = rollout(device=device)
     assert exp.first[1:].sum() > 0 and (exp.valid == 0).any()  # episodes end and restart inside the rollout
     starts_inside = exp.first.view(T // HORIZON, HORIZON, NUM_ENVS)[:, 1:].sum()
     assert starts_inside > 0  # some segment holds an episode boundary past its first step
 
-    ppo = PPOOptimizer(policy, make_optimizer(policy, TrainingConfig().trainer, torch.device("cpu")), "cpu",
+    ppo = PPOOptimizer(policy, make_optimizer(policy, TrainingConfig().trainer, device), device,
                        PPOConfig(num_minibatches=2, update_epochs=1))
     seen = []
 
@@ -98,8 +98,8 @@ def test_after_an_episode_ends_the_next_real_step_sees_a_zero_state():
     assert float(kept_value) != pytest.approx(float(fresh_value), abs=1e-4)
 
 
-def test_segments_never_mix_agents_and_start_from_the_stored_state():
-    policy, exp, _ = rollout()
+def test_segments_never_mix_agents_and_start_from_the_stored_state(device):
+    policy, exp, _ = rollout(device=device)
     batch = exp.batch()
     K = T // HORIZON
     assert batch.obs.shape == (K * NUM_ENVS, HORIZON, 2) and batch.mask.shape == (K * NUM_ENVS, HORIZON)

@@ -22,17 +22,17 @@ def random_ratios(T, B, seed):
 
 
 @pytest.mark.parametrize("rho_clip, c_clip", [(1.0, 1.0), (2.0, 0.5), (100.0, 100.0)])
-def test_vtrace_matches_plain_python_reference(rho_clip, c_clip):
-    exp, data = random_experience(T=40, B=5, seed=4)  # with terminations and truncations
+def test_vtrace_matches_plain_python_reference(rho_clip, c_clip, device):
+    exp, data = random_experience(T=40, B=5, seed=4, device=device)  # with terminations and truncations
     ratios = random_ratios(40, 5, seed=5)
     got = discounted_advantages(exp.rewards, exp.values, exp.next_values(), exp.terminals, exp.dones, 0.97, 0.9,
-                                torch.tensor(ratios), rho_clip, c_clip)
+                                torch.tensor(ratios, device=device), rho_clip, c_clip)
     expected = torch.tensor(reference_advantages(*data, 0.97, 0.9, ratios, rho_clip, c_clip))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_vtrace_with_ratio_one_is_gae_bit_for_bit():
-    exp, _ = random_experience(T=40, B=5, seed=6)
+def test_vtrace_with_ratio_one_is_gae_bit_for_bit(device):
+    exp, _ = random_experience(T=40, B=5, seed=6, device=device)
     exp.compute_advantages(0.99, 0.95)
     ones = torch.ones_like(exp.values)
     vtrace = discounted_advantages(exp.rewards, exp.values, exp.next_values(), exp.terminals, exp.dones, 0.99, 0.95,
@@ -40,9 +40,9 @@ def test_vtrace_with_ratio_one_is_gae_bit_for_bit():
     assert torch.equal(vtrace, exp.advantages)
 
 
-def segment_buffer(T=32, B=4, horizon=8, seed=7):
+def segment_buffer(T=32, B=4, horizon=8, seed=7, device="cpu"):
     """A synthetic rollout with episode ends, autoreset (invalid) steps and GAE computed, cut into segments."""
-    exp, _ = random_experience(T, B, seed)
+    exp, _ = random_experience(T, B, seed, device)
     exp.bptt_horizon = horizon
     exp.valid.fill_(1.0)
     exp.valid[1:][exp.dones[:-1] == 1] = 0.0  # the step after a done is the autoreset step
@@ -51,32 +51,34 @@ def segment_buffer(T=32, B=4, horizon=8, seed=7):
     return exp, exp.batch(segments=True)
 
 
-def test_minibatch_vtrace_recomputes_each_segment_with_its_ratios_and_the_rollouts_tail():
-    exp, batch = segment_buffer()
+def test_minibatch_vtrace_recomputes_each_segment_with_its_ratios_and_the_rollouts_tail(device):
+    exp, batch = segment_buffer(device=device)
     T, B, L = exp.num_steps, exp.num_agents, exp.bptt_horizon
-    ppo = PPOOptimizer(torch.nn.Linear(1, 1), None, "cpu", PPOConfig(gamma=0.99, gae_lambda=0.95, vtrace=True,
-                                                                     vtrace_rho_clip=1.2, vtrace_c_clip=1.0))
-    segments = batch.select(torch.tensor([5, 2, 9]))  # segment s = k * B + b: agent b, steps k*L .. k*L + L - 1
+    ppo = PPOOptimizer(torch.nn.Linear(1, 1), None, device, PPOConfig(gamma=0.99, gae_lambda=0.95, vtrace=True,
+                                                                       vtrace_rho_clip=1.2, vtrace_c_clip=1.0))
+    rows = [5, 2, 9]  # segment s = k * B + b: agent b, steps k*L .. k*L + L - 1
+    segments = batch.select(torch.tensor(rows, device=device))
     valid = segments.mask.bool()
-    new_logprobs = segments.logprobs[valid] + torch.randn(int(valid.sum())) * 0.5  # ratios on both sides of the clips
+    noise = 0.5 * torch.randn(int(valid.sum())).to(device)  # ratios on both sides of the clips
+    new_logprobs = segments.logprobs[valid] + noise
     advantages, returns = ppo.vtrace(segments, new_logprobs)
+    assert advantages.device.type == device.type
 
     # reference: V-trace over each agent's whole rollout, the new ratios inside the segment, 1 elsewhere (where, with
     # clips >= 1, V-trace is GAE: the rollout's advantages after the segment)
-    step_ratio = torch.ones(T, B)
     step_ratio_seg = torch.ones_like(segments.values)
     step_ratio_seg[valid] = (new_logprobs - segments.logprobs[valid]).exp()
     expected = []
-    for row, s in enumerate([5, 2, 9]):
+    for row, s in enumerate(rows):
         k, b = divmod(s, B)
-        ratios = step_ratio.clone()
-        ratios[k * L:(k + 1) * L, b] = step_ratio_seg[row]
+        ratios = torch.ones(T, B)
+        ratios[k * L:(k + 1) * L, b] = step_ratio_seg[row].cpu()
         full = reference_advantages(exp.rewards.tolist(), exp.values.tolist(), exp.last_value.tolist(),
                                     exp.terminals.tolist(), exp.dones.tolist(), 0.99, 0.95, ratios.tolist(), 1.2, 1.0)
         expected.append(torch.tensor(full)[k * L:(k + 1) * L, b])
-    expected = torch.stack(expected)[valid]
-    torch.testing.assert_close(advantages, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(returns, expected + segments.values[valid])
+    expected = torch.stack(expected)[valid.cpu()]
+    torch.testing.assert_close(advantages.cpu(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(returns.cpu(), expected + segments.values[valid].cpu())
 
     same, same_returns = ppo.vtrace(segments, segments.logprobs[valid])  # ratio 1: the rollout's GAE, exactly
     assert torch.equal(same, segments.advantages[valid]) and torch.equal(same_returns, segments.returns[valid])
