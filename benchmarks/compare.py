@@ -155,11 +155,11 @@ def run_evaluated(seed: int, total_timesteps: int, workdir: str, extra: list[str
     return run
 
 
-def bare_env_speed(task: str, num_envs: int, steps: int = 500, repeats: int = 3) -> float:
-    """Agent steps per second of the MettaGrid env alone, in this process, with uniformly random actions:
-    the median of `repeats` timed runs of `steps` batch steps."""
+def bare_env_speed(task: str, num_envs: int, steps: int = 500, repeats: int = 3, num_workers: int = 0) -> float:
+    """Agent steps per second of the MettaGrid env alone, in this process (or stepped by `num_workers` env
+    worker processes), with uniformly random actions: the median of `repeats` timed runs of `steps` batch steps."""
     config = mettagrid_config()  # 16 simulations x 4 agents
-    config.env.id, config.env.num_envs = task, num_envs
+    config.env.id, config.env.num_envs, config.env.num_workers = task, num_envs, num_workers
     env = make_vecenv(config.env, seed=0)
     rng = np.random.default_rng(0)
     actions = [rng.integers(0, env.single_action_space.n, env.num_envs) for _ in range(steps)]
