@@ -306,14 +306,32 @@ def run_part(name: str, args: argparse.Namespace, log) -> dict:
         try:
             status = "ok" if process.wait(timeout=limit) == 0 else f"failed (exit status {process.returncode})"
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            stop_group(process)
             status = f"stopped at its {limit:g} s limit"
         rows = []
         if os.path.exists(rows_path):
             with open(rows_path) as f:
                 rows = [json.loads(line) for line in f]
     return {"status": status, "seconds": round(time.perf_counter() - start, 1), "limit_s": limit, "rows": rows}
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop a part's process group: SIGTERM first (torchrun's agent passes it on to its workers, which run in
+    sessions of their own), then SIGKILL to whatever is left after `grace_s`."""
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        process.poll()  # reaps the part's own process, so that a zombie does not count as left
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def main() -> None:

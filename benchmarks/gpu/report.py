@@ -29,7 +29,7 @@ def markdown(report: dict) -> str:
     if machine.get("pip_check"):
         lines += ["", "pip check: " + "; ".join(machine["pip_check"])]
     for name, part in report["parts"].items():
-        lines += ["", f"## {name}: {part['status']}, {part['seconds']} s of {part['limit_s']} s", ""]
+        lines += ["", f"## {name}: {part['status']}, {part['seconds']} s of {part['limit_s']:g} s", ""]
         lines += table(part["rows"]) if part["rows"] else ["(no rows)"]
     return "\n".join(lines) + "\n"
 
