@@ -145,18 +145,17 @@ def test_the_update_on_the_device_matches_the_update_on_the_cpu(device):
     def update_on(dev):
         torch.manual_seed(0)
         policy = MLPPolicy(spaces.Box(-1, 1, (4,)), spaces.Discrete(2)).to(dev)
+        initial = [p.detach().clone().cpu() for p in policy.parameters()]  # a copy: the update works in place
         optimizer = make_optimizer(policy, TrainerConfig(learning_rate=1e-2), dev)
         exp = filled_experience(num_steps=32, num_agents=8, device=dev)
         exp.dones[10], exp.terminals[10, :4], exp.valid[11] = 1.0, 1.0, 0.0  # ends, truncations, autoreset steps
         exp.last_value[:] = 0.5
         stats = PPOOptimizer(policy, optimizer, dev, PPOConfig(num_minibatches=1, update_epochs=3)).update(exp)
         assert exp.advantages.device.type == policy.actor.weight0.device.type == dev.type
-        return [p.detach().cpu() for p in policy.parameters()], stats
+        return initial, [p.detach().cpu() for p in policy.parameters()], stats
 
-    torch.manual_seed(0)
-    initial = [p.detach().clone() for p in MLPPolicy(spaces.Box(-1, 1, (4,)), spaces.Discrete(2)).parameters()]
-    on_cpu, cpu_stats = update_on(torch.device("cpu"))
-    on_device, device_stats = update_on(device)
+    initial, on_cpu, cpu_stats = update_on(torch.device("cpu"))
+    _, on_device, device_stats = update_on(device)
     assert any((a - b).abs().max() > 1e-3 for a, b in zip(on_cpu, initial))  # three Adam steps moved the policy
     for a, b in zip(on_device, on_cpu):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
