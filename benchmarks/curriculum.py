@@ -1,10 +1,11 @@
 """Learning progress against uniform sampling and against the hard tasks alone, on a MettaGrid task space.
 
 The space: `mettagrid/hearts` with the map's width and height drawn from 10..50 and 1..4 altars
-(5 hearts each), 4 agents, 100 steps: from small maps, where a random walk takes two thirds of the
-hearts (0.84 of 1.25 per agent on a 12x12 map with one altar), to large maps with one altar, where
-it takes none (0.00 on 48x48; 8 simulations each, measured with a uniformly random policy). Three ways to train on
-it, each with the `mettagrid` preset and the same agent-step budget, in a fresh process per run:
+(5 hearts each), 4 agents, 100 steps: from small maps, where a uniformly random policy takes a
+quarter to almost half of the hearts, to large maps with one altar, where it takes none
+(`--random-policy` measures it on the evaluation grid: results/curriculum/random_policy_<date>.json).
+Four ways to train on it, each with the `mettagrid` preset and the same agent-step budget, in a
+fresh process per run:
 - learning_progress: `--curriculum.algorithm learning_progress` over the space;
 - learning_progress_by_altars: the same space as four families, one per altar count, each scored
   on its own scale (`--curriculum.score-ranges 0..1.25 0..2.5 0..3.75 0..5.0`, the most hearts an
@@ -19,15 +20,21 @@ actions, a fixed seed. The hard half of the grid is the 8 settings with the most
 altar; the easy half the other 8. Score: mean reward per agent.
 
 Results go to benchmarks/results/curriculum/<arm>_seed<N>.json as each run finishes (an existing
-one is kept: the benchmark continues where it stopped; --fresh runs all again); --report writes
-the table (results/curriculum.md, and the README between its curriculum-table markers) and the
-figure (results/curriculum.png: evaluation per grid setting, training curves, and which widths
-and altar counts each curriculum sampled over training, from the runs' TensorBoard histograms).
+one is kept: the benchmark continues where it stopped; to run the code again, first move the old
+files into a subdirectory named for what they measured), each with its
+command, the commit it ran at ("+changes": uncommitted changes, saved beside the results as
+changes-<sha>.diff and named in the JSON), the machine, and the cores other processes kept busy
+while it trained. Runs of earlier versions of the code are kept in subdirectories named for what
+they measured. --report writes the table (results/curriculum.md, and the README between its
+curriculum-table markers) and the figure (results/curriculum.png: evaluation per grid setting,
+training curves, and which widths and altar counts each curriculum sampled over training, from the
+runs' TensorBoard histograms).
 
     pip install -e ".[mettagrid,plot]"
-    python benchmarks/curriculum.py                      # 3 arms x 5 seeds, 2M agent steps each (~20 min)
+    python benchmarks/curriculum.py                      # 4 arms x 5 seeds, 2M agent steps each (~35 min)
     python benchmarks/curriculum.py --seeds 1 --arms learning_progress uniform --total-timesteps 500000
     python benchmarks/curriculum.py --report
+    python benchmarks/curriculum.py --random-policy      # the grid's scores without any training
 """
 
 from __future__ import annotations
@@ -35,12 +42,15 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import hashlib
 import importlib.util
 import json
 import os
 import re
+import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -73,6 +83,27 @@ GRID = [(side, altars) for side in SIDES for altars in ALTARS]
 HARD_HALF = set(sorted(GRID, key=lambda g: g[0] ** 2 / g[1])[len(GRID) // 2:])  # the most cells per altar
 RESULTS = os.path.join(HERE, "results", "curriculum")
 MARKERS = ("<!-- curriculum table: written by benchmarks/curriculum.py -->", "<!-- end of curriculum table -->")
+
+
+def code_changes() -> str | None:
+    """The uncommitted changes to the code a run trains with, saved once as results/curriculum/changes-<sha>.diff
+    (the name goes in each run's JSON, so that a run at "<commit>+changes" can be rebuilt); None: no changes."""
+    diff = subprocess.run(["git", "-C", ROOT, "diff", "HEAD", "--", "cleanmetta", "train.py"], capture_output=True,
+                          text=True).stdout
+    if not diff:
+        return None
+    name = f"changes-{hashlib.sha256(diff.encode()).hexdigest()[:12]}.diff"
+    if not os.path.exists(os.path.join(RESULTS, name)):
+        write_text(os.path.join(RESULTS, name), diff)
+    return name
+
+
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine spent busy since boot, CPU seconds of this process's finished children)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), children.ru_utime + children.ru_stime
 
 
 def grid_task(side: int, altars: int) -> str:
@@ -124,7 +155,11 @@ def run(arm: str, seed: int, total: int, episodes: int, workdir: str) -> dict:
              *flags, "--trainer.total-timesteps", str(total), "--seed", str(seed)]
     command = [sys.executable, *shown, "--log.run-root", workdir, "--experiment-name", name,
                "--log.console-interval", "1e9"]
+    machine_before, ours_before = busy_cpu_seconds()
     wall, _ = compare.run_process(command)
+    machine_after, ours_after = busy_cpu_seconds()
+    # the cores other processes kept busy meanwhile, on average: 0 on a machine of its own
+    others = round((machine_after - machine_before - (ours_after - ours_before)) / wall, 2)
     run_dir = os.path.join(workdir, name)
     with open(os.path.join(run_dir, "episodes.csv")) as f:
         curve = [(int(r["agent_steps"]), float(r["return"])) for r in csv.DictReader(f)]
@@ -138,10 +173,31 @@ def run(arm: str, seed: int, total: int, episodes: int, workdir: str) -> dict:
     binned = [(int(b), float(returns[(steps > a) & (steps <= b)].mean())) for a, b in zip(edges[:-1], edges[1:])
               if ((steps > a) & (steps <= b)).any()]
     return {"arm": arm, "seed": seed, "tasks": tasks, "algorithm": algorithm, "total_timesteps": total,
-            "eval_episodes": episodes, "wall_seconds": wall,
+            "eval_episodes": episodes, "wall_seconds": wall, "other_processes_cores": others,
             "command": shlex.join(["python", *shown]),
             "grid": scores, "curve": binned, "sampled": sampled_settings(run_dir),
-            "commit": compare.commit_of(ROOT, "cleanmetta", "train.py"), "machine": compare.machine()}
+            "commit": compare.commit_of(ROOT, "cleanmetta", "train.py"), "changes": code_changes(),
+            "machine": compare.machine()}
+
+
+class RandomPolicy:
+    """Uniformly random actions over MettaGrid's Discrete(5) (noop and four moves), seeded by the evaluator."""
+
+    def act(self, obs, deterministic: bool = False):
+        import torch
+
+        return torch.randint(5, (len(obs),))
+
+
+def random_policy(episodes: int) -> None:
+    """The grid's scores of a uniformly random policy, as a new file in results/curriculum/."""
+    sims = [Simulation(setting_name(side, altars), grid_task(side, altars), episodes=episodes, seed=4242)
+            for side, altars in GRID]
+    scores = {name: result.mean_return for name, result in PolicyEvaluator(sims).evaluate(RandomPolicy()).items()}
+    path = compare.result_path("curriculum/random_policy")
+    compare.write_result(path, {"policy": "uniformly random", "eval_episodes": episodes, "grid": scores})
+    print("\n".join(f"{name}: {score:.2f} reward per agent" for name, score in scores.items()))
+    print(f"wrote {os.path.relpath(path, ROOT)}")
 
 
 def setting_name(side: int, altars: int) -> str:
@@ -162,7 +218,13 @@ def report() -> None:
     if not results:
         sys.exit(f"no results in {RESULTS}: run the benchmark first")
     some = next(iter(results.values()))[0]
-    commits = ", ".join(sorted({r["commit"] for runs in results.values() for r in runs}))
+    every_run = [r for runs in results.values() for r in runs]
+    commits = ", ".join(sorted({r["commit"] + (f" with {os.path.relpath(os.path.join(RESULTS, r['changes']), ROOT)}"
+                                               if r.get("changes") else "") for r in every_run}))
+    others = [r["other_processes_cores"] for r in every_run if r.get("other_processes_cores") is not None]
+    shared = (f" Other processes kept {min(others):.1f} to {max(others):.1f} cores busy (median "
+              f"{statistics.median(others):.1f}) while the runs trained: wall times are of a shared machine."
+              if others and max(others) >= 0.2 else "")
 
     def cell(values: list[float]) -> str:
         return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
@@ -177,7 +239,7 @@ def report() -> None:
     text = (f"{table}\n\nMean evaluation reward per agent ± std over seeds, on the 16-setting held-out grid "
             f"({some['eval_episodes']} simulations of 4 agents per setting); {some['total_timesteps']:,} agent steps "
             f"per run, `mettagrid` preset. Measured on a {some['machine']} (cleanmetta {commits}) with "
-            "`python benchmarks/curriculum.py`.")
+            f"`python benchmarks/curriculum.py`.{shared}")
     write_text(os.path.join(HERE, "results", "curriculum.md"), text + "\n")
     compare.write_readme_block(*MARKERS, text)
     print(text)
@@ -235,16 +297,19 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--total-timesteps", type=int, default=2_000_000)
     parser.add_argument("--eval-episodes", type=int, default=16, help="simulations of 4 agents per grid setting")
-    parser.add_argument("--fresh", action="store_true", help="run again the runs that have results")
     parser.add_argument("--report", action="store_true", help="only write the table and figure from the results")
+    parser.add_argument("--random-policy", action="store_true",
+                        help="only evaluate a uniformly random policy on the grid (a new results file)")
     args = parser.parse_args()
+    if args.random_policy:
+        return random_policy(args.eval_episodes)
     if not args.report:
         os.makedirs(RESULTS, exist_ok=True)
         with tempfile.TemporaryDirectory() as workdir:
             for seed in args.seeds:  # seed by seed: a stopped benchmark has every arm of its first seeds
                 for arm in args.arms:
                     path = os.path.join(RESULTS, f"{arm}_seed{seed}.json")
-                    if os.path.exists(path) and not args.fresh:
+                    if os.path.exists(path):
                         continue
                     result = run(arm, seed, args.total_timesteps, args.eval_episodes, workdir)
                     write_json(path, result)

@@ -265,8 +265,9 @@ class LearningProgressCurriculum(Curriculum):
 
     Each update: the episodes' returns are recorded for their tasks (each agent's episode is one
     score, so a MettaGrid simulation gives one per agent; episodes of a task that has left the pool
-    are dropped), normalised by their family's range (curriculum.score_ranges, else the running min
-    and max of its tasks' mean scores) and the averages step; then, when the families hold more
+    are dropped), the families' running ranges take in their tasks' means and the averages step (in
+    the returns' units: scoring maps them by the family's range, curriculum.score_ranges, else the
+    running min and max of its tasks' mean scores); then, when the families hold more
     tasks than the pool, the task `LearningProgress.evictable` names is replaced by a new draw;
     then the sampling table is published. Its draws are seeded by (seed, number of updates): the
     same on every torchrun rank, and restored by a resume with the counters.
@@ -278,7 +279,7 @@ class LearningProgressCurriculum(Curriculum):
         c = config or CurriculumConfig(algorithm="learning_progress")
         self.config, self.seed = c, seed
         self.lp = LearningProgress(c.ema_timescale, c.exploration_bonus, c.sample_threshold, c.progress_smoothing,
-                                   c.memory, c.rand_task_rate)
+                                   c.memory, c.rand_task_rate, normalize=self._normalize)
         ranges = [parse_range(text, "curriculum.score_ranges entry") for text in c.score_ranges]
         self.ranges = ranges * len(self.families) if len(ranges) == 1 else ranges or [None] * len(self.families)
         self.seen: list[list[float]] = [[math.inf, -math.inf] for _ in self.families]  # running min, max
@@ -315,10 +316,11 @@ class LearningProgressCurriculum(Curriculum):
     def _family(self, task_id: int) -> int:
         return next(i for i, f in enumerate(self.families) if f.spec == self.family_of(self.names[task_id]))
 
-    def _normalize(self, task_id: int, mean: float) -> float:
+    def _normalize(self, task_id: int, value: float) -> float:
+        """A return of the task's family on [0, 1]: by its score range, else by the range seen so far."""
         family = self._family(task_id)
         low, high = self.ranges[family] or self.seen[family]
-        return (mean - low) / (high - low) if high > low else 0.0
+        return (value - low) / (high - low) if high > low else 0.0
 
     def update(self, rollout_stats: dict) -> dict[str, float]:
         returns = rollout_stats["episodic_return"].tolist()
@@ -331,7 +333,7 @@ class LearningProgressCurriculum(Curriculum):
             if self.lp.outcomes[task_id]:
                 seen, mean = self.seen[self._family(task_id)], float(np.mean(self.lp.outcomes[task_id]))
                 seen[:] = min(seen[0], mean), max(seen[1], mean)
-        self.lp.step(self._normalize)
+        self.lp.step()
         self.updates += 1
         evicted = self.lp.evictable(self.pool, self.config.min_presentations) if self.size > len(self.pool) else None
         if evicted is not None:
@@ -375,6 +377,9 @@ class LearningProgressCurriculum(Curriculum):
         if state["families"] != families:  # the pool's ids stand for tasks of those families
             raise ConfigError(f"the checkpoint's curriculum drew its tasks from {state['families']}, not {families}: "
                               "resume with its curriculum.tasks, or pass --checkpoint.no-resume to start over")
+        if "fast_return" not in state["lp"]:  # averages of scores normalised by ranges since widened: not comparable
+            raise ConfigError("the checkpoint's learning-progress averages are of normalised scores (an earlier "
+                              "cleanmetta's), not returns: pass --checkpoint.no-resume to start a new run")
         self.pool, self.updates, self.evictions = list(state["pool"]), state["updates"], state["evictions"]
         self.recorded = state["recorded"]
         self.seen = [list(s) for s in state["seen"]]

@@ -1,4 +1,5 @@
 import math
+import os
 import re
 
 import numpy as np
@@ -169,6 +170,63 @@ def test_new_tasks_get_the_exploration_bonus_and_equal_draws():
     np.testing.assert_allclose(lp.probabilities(list(range(4))), 0.25)
 
 
+def test_the_averages_step_once_per_rollout_towards_the_mean_return():
+    from cleanmetta.learning_progress import LearningProgress
+
+    lp = LearningProgress(ema_timescale=0.1, memory=25)
+    lp.add(0)
+    for _ in range(25):
+        lp.record(0, 0.0)
+    lp.step()
+    for _ in range(25):  # 25 episodes in one rollout: one step, towards their mean, in the returns' units
+        lp.record(0, 10.0)
+    lp.step()
+    assert lp.fast[0] == pytest.approx(0.1 * 10.0) and lp.slow[0] == pytest.approx(0.02 * 10.0)
+
+
+def test_two_scoring_tasks_are_standardised_and_mixed_with_the_uniform_share():
+    from cleanmetta.learning_progress import sampling_probabilities
+
+    np.testing.assert_allclose(sampling_probabilities(np.array([0.3, 0.1, 0.0]), 0.0),
+                               [0.7311, 0.2689, 0.0], atol=1e-4)  # sigmoid(+1), sigmoid(-1); Metta: 0.52, 0.48
+    np.testing.assert_allclose(sampling_probabilities(np.array([0.3, 0.1, 0.0]), 0.25),
+                               [0.75 * 0.7311 + 0.25 / 3, 0.75 * 0.2689 + 0.25 / 3, 0.25 / 3], atol=1e-4)
+
+
+def three_task_script(rollouts=150, rise=100):
+    """One family of three tasks, scored by its running range: flat at 0, flat at 5, and rising from 5 to
+    10 over `rise` rollouts (then flat); 4 episodes of each per rollout. Each task's learning progress
+    after every rollout, and the family's range then."""
+    curriculum = lp_curriculum(["CartPole-v1:max_episode_steps=10..12"], num_active_tasks=3)
+    flat_0, flat_5, rising = sorted(curriculum.ids)
+    progress, ranges = {flat_0: [], flat_5: [], rising: []}, []
+    for t in range(rollouts):
+        returns = {flat_0: 0.0, flat_5: 5.0, rising: 5.0 + 5.0 * min(t / rise, 1.0)}
+        names = [name for name in returns for _ in range(4)]
+        curriculum.update({"episodic_task": np.array(names, dtype=object),
+                           "episodic_return": np.array([returns[name] for name in names])})
+        for name in progress:
+            progress[name].append(curriculum.lp.score(curriculum.ids[name]))
+        ranges.append(tuple(curriculum.seen[0]))
+    return [np.array(progress[name]) for name in (flat_0, flat_5, rising)], ranges
+
+
+def test_a_rising_task_is_seen_rising_when_it_widens_its_family_range():
+    (flat_0, flat_5, rising), ranges = three_task_script()
+    assert ranges[10][1] < 6 and ranges[99][1] > 9.5  # the rising task's mean is the family's maximum
+    rises = slice(10, 100)  # scored (from 10 episodes) and rising
+    assert (flat_0[rises] == 0).all()  # nothing learned: no progress, no performance bonus
+    # a flat task scores at most 0.1, the performance bonus at the top of the range; the rising one more
+    assert (rising[rises] > 0.1 + 1e-4).all() and (rising[rises] > flat_5[rises]).all()
+
+
+def test_a_flat_task_gains_no_progress_when_its_family_range_widens():
+    (_, flat_5, _), ranges = three_task_script()
+    assert ranges[-1] == (0.0, 10.0)  # from 0..5 to 0..10
+    assert (np.diff(flat_5) <= 1e-12).all()  # only its bonus moves: down, as the range grows above it
+    assert flat_5[-1] == pytest.approx(0.1 * 0.95)  # 0.1 r(0.5): in the middle of the range
+
+
 def lp_curriculum(tasks, seed=0, **settings):
     config = CurriculumConfig(tasks=tasks, algorithm="learning_progress", **settings)
     return make_curriculum(EnvConfig(), config, seed)
@@ -285,7 +343,11 @@ def test_a_short_mettagrid_run_with_learning_progress_trains_and_logs_the_scores
     for item in events.Histograms(f"tasks/{family}/altars"):
         for limit, count in zip(item.histogram_value.bucket_limit, item.histogram_value.bucket):
             played[limit - 0.5] = played.get(limit - 0.5, 0) + count
-    assert {value for value, count in played.items() if count} <= set(range(1, 7)) and len(played) >= 6
+    assert all(value.is_integer() for value in played)
+    altars = {value for value, count in played.items() if count}  # TensorBoard keeps some empty bins: not played
+    assert altars <= set(range(1, 7)) and len(altars) >= 3
+    with open(os.path.join(result["run_dir"], "episodes.csv")) as f:
+        assert sum(played.values()) == len(f.readlines()) - 1  # every finished episode, once
     state = torch.load(max((tmp_path / "lp").glob("**/trainer_state*.pt")), weights_only=True)
     assert state["curriculum"]["pool"] == curriculum.pool
 
@@ -322,9 +384,18 @@ def test_a_checkpointed_pool_is_refused_by_another_task_space():
         lp_curriculum(["CartPole-v1:max_episode_steps=10..50"]).load_state_dict(saved)
 
 
+def test_a_checkpoint_of_averages_of_normalised_scores_is_refused_with_the_fix():
+    curriculum = lp_curriculum(["CartPole-v1:max_episode_steps=10..500"])
+    saved = curriculum.state_dict()
+    lp = saved["lp"]
+    saved["lp"] = {**{k: v for k, v in lp.items() if not k.endswith("_return")}, "fast": lp["fast_return"],
+                   "slow": lp["slow_return"]}  # as an earlier cleanmetta saved it
+    with pytest.raises(ConfigError, match=r"averages are of normalised scores .*pass --checkpoint.no-resume"):
+        curriculum.load_state_dict(saved)
+
+
 def test_every_curriculum_flag_the_docs_name_exists():
     import dataclasses
-    import os
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     flags = {f.name.replace("_", "-") for f in dataclasses.fields(CurriculumConfig)}

@@ -19,7 +19,7 @@ import pytest
 import train
 from cleanmetta import distributed
 from cleanmetta.checkpoint import PolicyStore
-from cleanmetta.config import ConfigError, small_fast_config
+from cleanmetta.config import ConfigError, CurriculumConfig, small_fast_config
 from cleanmetta.log import start_wandb
 
 needs_wandb = pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
@@ -133,6 +133,35 @@ def test_offline_run_holds_the_config_the_scalars_and_the_evaluation_scores(tmp_
     saved = PolicyStore(run_dir).get(4).scores
     assert evaluations[-1]["eval/CartPole-v1/mean_return"] == saved["CartPole-v1/mean_return"]
     assert not [r for r in records if r.WhichOneof("record_type") == "artifact"]  # checkpoints only behind the flag
+
+
+@needs_wandb
+def test_the_curriculum_scalars_and_the_settings_histograms_reach_wandb(tmp_path, offline):
+    family = "CartPole-v1:max_episode_steps=8..40"
+    config = wandb_config(str(tmp_path), steps=512 * 4, evaluation__interval=0)
+    config.curriculum = CurriculumConfig(tasks=[family], algorithm="learning_progress", num_active_tasks=6,
+                                         sample_threshold=2, min_presentations=2)
+    curriculum = train.main(config)["curriculum"]
+    run_dir = os.path.join(str(tmp_path), "run")
+    (path,) = offline_runs(run_dir)
+    rows = history(wandb_records(path))
+
+    epochs = [row for row in rows if "curriculum/pool_size" in row]
+    assert [row["global_step"] for row in epochs] == [512, 1024, 1536, 2048]
+    for name, value in curriculum.stats().items():  # every scalar, and the last epoch's as the curriculum has them
+        assert epochs[-1][name] == pytest.approx(value), name
+    assert {"curriculum/sampling_entropy", "curriculum/evictions", "curriculum/episodes",
+            f"curriculum/{family}/learning_progress", f"curriculum/{family}/coverage"} <= set(epochs[-1])
+
+    tag = f"tasks/{family}/max_episode_steps"
+    histograms = [row for row in rows if f"{tag}/_type" in row]
+    assert [(row[f"{tag}/_type"], row["global_step"]) for row in histograms] == [
+        ("histogram", step) for step in (512, 1024, 1536, 2048)]
+    with open(os.path.join(run_dir, "episodes.csv")) as f:
+        episodes = [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
+    for row in histograms:  # one bin per integer of 8..40, holding each of the epoch's episodes once
+        assert row[f"{tag}/bins"] == [value - 0.5 for value in range(8, 42)]
+        assert sum(row[f"{tag}/values"]) == episodes.count(row["global_step"]) > 0
 
 
 @needs_wandb
