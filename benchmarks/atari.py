@@ -30,8 +30,9 @@ Runs alternate between the libraries (the order rotates every seed); each is a f
 wall time includes interpreter start and imports. Per run: wall seconds, steps per second of the
 training loop, the final game score (mean raw score of the last 20 finished games: all lives, not
 clipped), the number of finished games and the process's peak resident memory. Each finished run
-is written to the JSON results at once (keyed by library and seed), so a later invocation with the
-same settings continues where an interrupted one stopped (`--fresh` starts over). Per library:
+is written to the JSON results at once (keyed by library and seed, with the command, the commit and
+the machine), so a later invocation with the same settings continues where an interrupted one
+stopped; runs are only added, never replaced (another --out starts over). Per library:
 medians, and the median of the per-seed ratios cleanmetta / CleanRL of steps per second. The
 table goes to the console and next to the JSON (results/atari.md); the learning curves (score
 against agent steps and wall time, mean and range over seeds) to results/atari.png.
@@ -213,16 +214,16 @@ def score(value: float | None) -> str:
     return "no game finished" if value is None else f"{value:.1f}"
 
 
-def load(out: str, fresh: bool, settings: dict) -> dict:
+def load(out: str, settings: dict) -> dict:
     """The results so far (the runs of earlier invocations with the same settings), or new ones."""
-    if fresh or not os.path.exists(out):
+    if not os.path.exists(out):
         return {**settings, "runs": {}}
     with open(out) as f:
         results = json.load(f)
     differ = {key: (results.get(key), value) for key, value in settings.items() if results.get(key) != value}
     if differ:
         told = ", ".join(f"{key}: {there} there, {now} now" for key, (there, now) in differ.items())
-        raise SystemExit(f"{out} holds runs with other settings ({told}): pass --fresh to start over, or another --out")
+        raise SystemExit(f"{out} holds runs with other settings ({told}): pass another --out")
     return results
 
 
@@ -265,7 +266,6 @@ def main() -> None:
     parser.add_argument("--envpool-python", default=sys.executable,
                         help="the Python that runs ppo_atari_envpool.py: one with envpool installed")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both libraries' torch device")
-    parser.add_argument("--fresh", action="store_true", help="drop the runs already in --out and start over")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "atari.json"))
     parser.add_argument("--cleanmetta-args", nargs=argparse.REMAINDER, default=[],
                         help="extra train.py flags, e.g. --cleanmetta-args --torch-threads 2")
@@ -286,7 +286,7 @@ def main() -> None:
 
     settings = {"env": "Breakout (cleanmetta: ALE/Breakout-v5, CleanRL: BreakoutNoFrameskip-v4)",
                 "total_timesteps": args.total_timesteps, "device": args.device}
-    results = load(args.out, args.fresh, settings)
+    results = load(args.out, settings)
     runs = results["runs"]
     for lib, (script, _, _) in scripts.items():
         with open(script, "rb") as f:
@@ -294,7 +294,7 @@ def main() -> None:
         key = f"{lib}_script_sha256"
         if runs.get(lib) and results.get(key, sha) != sha:
             raise SystemExit(f"{args.out} holds {lib} runs of another {SCRIPTS[lib]} (sha256 {results[key]}): pass "
-                             "--fresh to start over, or another --out")
+                             "another --out")
         results[key] = sha
 
     def run(lib: str, seed: int, workdir: str) -> tuple[float, float, str]:
@@ -308,7 +308,7 @@ def main() -> None:
                 if str(seed) in runs.get(lib, {}):
                     print(f"{lib:15s} seed {seed}: done in an earlier invocation, kept", flush=True)
                     continue
-                row = measure(*run(lib, seed, workdir), seed)
+                row = {**measure(*run(lib, seed, workdir), seed), **compare.run_record()}
                 runs.setdefault(lib, {})[str(seed)] = row
                 save(results, args.out)
                 print(f"{lib:15s} seed {seed}: {row['wall_s']:7.1f} s wall, {row['sps']:6,.0f} steps/s, final score "

@@ -14,9 +14,12 @@ Tasks:
 
 Per run: wall seconds, steps per second of the training loop, the agent step and the wall time at
 which the mean return of the last 20 episodes first reaches the task's threshold, the final last-20
-mean return, and the process's peak resident memory. Per library: medians, and the ratios. The
-learning curves (mean and range over seeds, against agent steps and wall time) go next to the JSON
-as a PNG (every benchmark here draws them: pip install -e ".[plot]").
+mean return, and the process's peak resident memory. Per library: medians, and the ratios. Each
+invocation writes a new results file, benchmarks/results/<task>_<UTC date-time>.json (or --out, which
+must not exist), with the command, the commit and the machine, as every benchmark here does
+(result_path, run_record): no run overwrites another's file. The learning curves (mean and range over
+seeds, against agent steps and wall time) go next to the JSON as a PNG (every benchmark here draws
+them: pip install -e ".[plot]").
 
     pip install stable-baselines3            # only for this benchmark (and mujoco for halfcheetah)
     python benchmarks/compare.py             # CartPole: 5 seeds x 500k steps, ~15 minutes on 2 cores
@@ -31,6 +34,7 @@ import csv
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -44,7 +48,7 @@ from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import import_extra, mettagrid_config
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, Simulation
-from cleanmetta.files import write_text
+from cleanmetta.files import write_json, write_text
 from cleanmetta.plot import plot_curves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,13 +71,44 @@ TASKS = {
 
 
 def commit_of(checkout: str, *code: str) -> str | None:
-    """The checkout's commit, with "+changes" when the files of its `code` paths differ from it."""
+    """The checkout's commit, with "+changes" when the files of its `code` paths differ from it (edited, or
+    new and not ignored)."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True)
 
     commit = git("rev-parse", "--short=7", "HEAD").stdout.strip()
-    changed = git("diff", "--quiet", "HEAD", "--", *code).returncode != 0
+    changed = bool(git("status", "--porcelain", "--untracked-files=all", "--", *code).stdout.strip())
     return (commit + ("+changes" if changed else "")) if commit else None
+
+
+CODE = ("cleanmetta", "train.py", "benchmarks", ":(exclude)benchmarks/results")  # what a benchmark run runs
+
+
+def result_path(name: str, out: str | None = None) -> str:
+    """Where one run's results go: `out`, or benchmarks/results/<name>_<UTC date-time>.json. Results are
+    added, never overwritten: a path that exists is refused here, before the run starts."""
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        out = os.path.join(ROOT, "benchmarks", "results", f"{name}_{stamp}.json")
+    if os.path.exists(out):
+        raise SystemExit(f"--out {out} exists: every run adds its own results file and never overwrites one; "
+                         "pass a new --out, or none for a new dated file in benchmarks/results/")
+    return out
+
+
+def run_record() -> dict:
+    """What a results file records about the run that wrote it: the command, the commit of the code it ran
+    ("+changes": cleanmetta/, train.py or benchmarks/ differed from that commit), the machine, the UTC time
+    of writing and the machine's load average then (1, 5 and 15 minutes: other work sharing the cores)."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    return {"command": shlex.join(["python", script, *sys.argv[1:]]), "commit": commit_of(ROOT, *CODE),
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average": [round(load, 2) for load in os.getloadavg()]}
+
+
+def write_result(path: str, data: dict) -> None:
+    """Write one run's results, with its run_record() first, to `path` (from result_path)."""
+    write_json(path, {**run_record(), **data})
 
 
 def machine() -> str:
@@ -227,11 +262,12 @@ def main() -> None:
                         help="sb3 keeps torch's default thread count; sb3-1thread sets one thread as cleanmetta does")
     parser.add_argument("--cleanmetta-args", nargs=argparse.REMAINDER, default=[],
                         help="extra train.py flags, e.g. --cleanmetta-args --torch-threads 2")
-    parser.add_argument("--out", default=None, help="default: benchmarks/results/<task>.json")
+    parser.add_argument("--out", default=None,
+                        help="a new file; default: benchmarks/results/<task>_<date-time>.json")
     args = parser.parse_args()
     task = TASKS[args.task]
     steps = args.total_timesteps or task.total_timesteps
-    out = args.out or os.path.join(ROOT, "benchmarks", "results", f"{args.task}.json")
+    out = result_path(args.task, args.out)
 
     cleanmetta_args = ["--preset", task.settings, "--env.id", task.env_id, *args.cleanmetta_args]
     runners = {
@@ -273,10 +309,9 @@ def main() -> None:
                 print(f"\ncleanmetta / {lib}: steps per second, median of per-seed ratios "
                       f"{statistics.median(ratios):.2f}x; "
                       f"wall time {statistics.median(walls):.2f}x shorter")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"task": args.task, "env_id": task.env_id, "total_timesteps": steps, "seeds": args.seeds,
-                   "libraries": summary}, f, indent=2)
+    write_result(out, {"task": args.task, "env_id": task.env_id, "total_timesteps": steps, "seeds": args.seeds,
+                       "libraries": summary})
+    print(f"results: {os.path.relpath(out, ROOT)}")
     save_curves(episodes, out, f"{task.env_id} ({task.settings} settings), seeds {args.seeds}")
 
 

@@ -20,7 +20,8 @@ Reported per run: agent steps per second of the training loop (summary.json: the
 processes over rank 0's training seconds), the final policy's evaluated mean reward (per agent for
 MettaGrid; fixed evaluation seed, sampled actions), and the peak resident memory of the largest
 process (torchrun's agent or a worker). Per task: medians, and the ratio of 2 processes to 1; the
-learning curves of rank 0 per layout next to the JSON (results/distributed_<task>.png).
+learning curves of rank 0 per layout next to the JSON. Each invocation writes a new results file
+(benchmarks/results/distributed_<UTC date-time>.json, with the command, commit and machine).
 
     python benchmarks/distributed.py                                # both tasks, 2 seeds, ~4 minutes
     python benchmarks/distributed.py --tasks mettagrid --seeds 1 2 3 --total-timesteps 1000000
@@ -38,7 +39,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-from compare import rotated, run_process, run_processes, save_curves  # noqa: E402  (this folder is first on sys.path)
+from compare import result_path, rotated, run_process, run_processes, save_curves, write_result  # noqa: E402
 
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # benchmarks/mettagrid.py: not the package
 
@@ -95,8 +96,10 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--total-timesteps", type=int, default=None, help="default: 500k MettaGrid, 150k CartPole")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "distributed.json"))
+    parser.add_argument("--out", default=None,
+                        help="a new file; default: benchmarks/results/distributed_<date-time>.json")
     args = parser.parse_args()
+    args.out = result_path("distributed", args.out)
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as workdir:
@@ -114,8 +117,7 @@ def main() -> None:
             results[task] = {"agent_steps": total, "runs": runs}
             save_curves(curves, args.out, f"{task}: one process against two, seeds {args.seeds} (apart: each run's "
                         "half budget)", part=task)
-    with open(args.out, "w") as f:
-        json.dump({"seeds": args.seeds, "tasks": results}, f, indent=2)
+    write_result(args.out, {"seeds": args.seeds, "tasks": results})
 
     print(f"\nseeds {args.seeds}; medians over seeds; T = the preset's rollout length\n")
     print("| task | agent steps | processes x envs x steps | agent-steps/s | vs 1 process | evaluated reward "

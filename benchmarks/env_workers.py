@@ -7,6 +7,8 @@ One invocation, the `mettagrid` preset (16 simulations x 4 agents) on one task, 
    buffering (env.async_batches 2): agent-steps/s of the loop (median over repeats), loop / bare,
    and the final policy's reward per agent over 16 evaluation episodes (fixed seed, sampled
    actions; of the first repeat, seed 1).
+Each invocation writes a new results file, results/env_workers_<UTC date-time>.json (with the
+command, commit and machine).
 
     pip install -e ".[mettagrid]"
     python benchmarks/env_workers.py                                # hearts, 500k steps, 2 repeats (~6 minutes)
@@ -16,7 +18,6 @@ One invocation, the `mettagrid` preset (16 simulations x 4 agents) on one task, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -37,8 +38,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500_000)
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "env_workers.json"))
+    parser.add_argument("--out", default=None,
+                        help="a new file; default: benchmarks/results/env_workers_<date-time>.json")
     args = parser.parse_args()
+    args.out = compare.result_path("env_workers", args.out)
     num_sims = mettagrid_config().env.num_envs
     bare = compare.bare_env_speed(args.task, num_sims)
     print(f"{args.task}: bare env {bare:,.0f} agent-steps/s ({num_sims} simulations, in process)", flush=True)
@@ -65,9 +68,8 @@ def main() -> None:
                      "reward_seed1": runs[name][0]["reward"], "runs": runs[name]})
         print(f"| {workers} | {'yes' if batches == 2 else 'no'} | {sps:,.0f} | {sps / bare:.2f} "
               f"| {runs[name][0]['reward']:.2f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"task": args.task, "steps": args.steps, "bare_sps": bare, "setups": rows}, f, indent=2)
+    compare.write_result(args.out, {"task": args.task, "steps": args.steps, "bare_sps": bare, "setups": rows})
+    print(f"\nresults: {os.path.relpath(args.out, ROOT)}")
 
 
 if __name__ == "__main__":

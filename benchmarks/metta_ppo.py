@@ -12,8 +12,9 @@ simulations x 4 agents, 128-step rollouts), equal agent steps, the same seeds, e
                 the first half of the run
 Per run: agent-steps/s of the training loop and the final policy's reward per agent, evaluated over
 16 episodes (fixed seed, sampled actions); the teacher is evaluated the same way. The learning
-curves (reward per agent of the training episodes) go next to the JSON results:
-results/metta_ppo_<task>.png.
+curves (reward per agent of the training episodes) go next to the JSON results: each invocation
+writes a new file, results/metta_ppo_<UTC date-time>.json (with the command, commit and machine),
+and <that name>_<task>.png.
 
 The `update` part isolates what each variant costs: one rollout of the preset on hearts_sparse,
 then PPOOptimizer.update on that same buffer from the same policy, variants alternating, the median
@@ -23,7 +24,7 @@ of 7 timed updates each (in this one process, so machine drift does not favour a
     python benchmarks/metta_ppo.py                               # both parts: 2 tasks x 5 variants x 3 seeds, 1M steps (~45 min)
     python benchmarks/metta_ppo.py --parts update                # the update's cost alone (~1 min)
     python benchmarks/metta_ppo.py --parts learning --tasks hearts_sparse --seeds 1 --steps 200000 --variants plain kickstart
-Each part replaces its own entries in the JSON results and keeps the others'.
+Each invocation's file holds the parts it ran.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -140,21 +140,19 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "metta_ppo.json"))
+    parser.add_argument("--out", default=None,
+                        help="a new file; default: benchmarks/results/metta_ppo_<date-time>.json")
     args = parser.parse_args()
+    args.out = compare.result_path("metta_ppo", args.out)
     results = {}
-    if os.path.exists(args.out):  # keep the entries of the parts not run now
-        with open(args.out) as f:
-            results = json.load(f)
     if "learning" in args.parts:
         with tempfile.TemporaryDirectory() as workdir:
             for name in args.tasks:
                 results[name] = run_task(name, args.seeds, args.steps, args.variants, workdir, args.out)
     if "update" in args.parts:
         results["update_ms"] = update_cost()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    compare.write_result(args.out, results)
+    print(f"\nresults: {os.path.relpath(args.out, ROOT)}")
 
 
 if __name__ == "__main__":

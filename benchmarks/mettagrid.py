@@ -9,7 +9,8 @@ agents, see cleanmetta/config.py):
 3. learning: mean episode reward per agent of the trained policy and of a uniformly random policy,
    each over the same evaluation episodes (sampled actions, fixed seed), and the learning curves
    (reward per agent of the training episodes against steps and wall time) as a PNG next to the
-   JSON results (results/mettagrid.json, results/mettagrid.png).
+   JSON results: a new file per invocation, results/mettagrid_<UTC date-time>.json (with the command,
+   commit and machine), and its .png.
 
     pip install -e ".[mettagrid]"
     python benchmarks/mettagrid.py                        # both tasks, 500k steps each, ~3 minutes
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -57,8 +57,10 @@ def main() -> None:
     parser.add_argument("--total-timesteps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--eval-episodes", type=int, default=16, help="simulations of 4 agents each")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "mettagrid.json"))
+    parser.add_argument("--out", default=None,
+                        help="a new file; default: benchmarks/results/mettagrid_<date-time>.json")
     args = parser.parse_args()
+    args.out = compare.result_path("mettagrid", args.out)
     preset = mettagrid_config()
     total = args.total_timesteps or preset.trainer.total_timesteps
 
@@ -87,12 +89,10 @@ def main() -> None:
     for task, bare, loop, trained_reward, random_reward in rows:
         print(f"| {task} | {bare:,.0f} | {loop:,.0f} | {loop / bare:.2f} | {trained_reward:.2f} "
               f"| {random_reward:.2f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"total_timesteps": total, "seed": args.seed, "tasks": [
-            dict(zip(("task", "bare_sps", "loop_sps", "trained_reward", "random_reward"), row)) for row in rows]},
-            f, indent=2)
+    compare.write_result(args.out, {"total_timesteps": total, "seed": args.seed, "tasks": [
+        dict(zip(("task", "bare_sps", "loop_sps", "trained_reward", "random_reward"), row)) for row in rows]})
     compare.save_curves(episodes, args.out, f"mettagrid preset, {total:,} steps, seed {args.seed} (reward per agent)")
+    print(f"results: {os.path.relpath(args.out, ROOT)}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@
 2. mettagrid: the `mettagrid` preset on mettagrid/hearts_sparse, the token network with and
    without an LSTM (`mettagrid_lstm` preset: 64 units, 32-step segments), equal agent steps:
    agent-steps/s and the final policy's evaluated reward per agent (16 episodes, fixed seed).
-Each part draws its learning curves next to the JSON: results/recurrent_cartpole.png, _mettagrid.png.
+Each invocation writes a new results file, benchmarks/results/recurrent_<UTC date-time>.json (with the
+command, commit and machine; never over an earlier run's), and each part draws its learning curves
+next to it (<that name>_cartpole.png, _mettagrid.png).
 
     pip install sb3-contrib                          # only for this benchmark
     python benchmarks/recurrent.py                   # both parts: 5 CartPole seeds, 3 MettaGrid seeds (~1 hour)
@@ -25,7 +27,6 @@ Each part draws its learning curves next to the JSON: results/recurrent_cartpole
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -107,8 +108,10 @@ def main() -> None:
                         choices=list(CARTPOLE))
     parser.add_argument("--cartpole-steps", type=int, default=NOVEL.total_timesteps)
     parser.add_argument("--mettagrid-steps", type=int, default=1_000_000)
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "recurrent.json"))
+    parser.add_argument("--out", default=None,
+                        help="a new file; default: benchmarks/results/recurrent_<date-time>.json")
     args = parser.parse_args()
+    args.out = compare.result_path("recurrent", args.out)
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
         if "cartpole" in args.parts:
@@ -117,9 +120,8 @@ def main() -> None:
         if "mettagrid" in args.parts:
             results["mettagrid"] = {"steps": args.mettagrid_steps, "runs": mettagrid(
                 args.seeds or [1, 2, 3], args.mettagrid_steps, workdir, args.out)}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    compare.write_result(args.out, results)
+    print(f"results: {os.path.relpath(args.out, ROOT)}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,17 @@ call; the saving is what one call of the trick saves, and `per run` what that ma
 default 500k-step run (the number of calls there is counted from its settings; "-" for a trick
 the default run does not use).
 
-    python benchmarks/speed_tricks.py                          # ~1 minute on 2 cores
-    python benchmarks/speed_tricks.py --out benchmarks/results/speed_tricks.json
+`--compile` also times `--ppo.compile` (off by default, so not a trick of the default run): the
+first call of the compiled minibatch loss (its compilation, with torch's compile caches off as on a
+machine's first compiled run), then the loss's forward and backward
+pass on a minibatch of 128, eager against compiled, in the same alternating rounds.
 
-Results are written after each pair, so an interrupted run keeps what it measured.
+    python benchmarks/speed_tricks.py                          # ~1 minute on 2 cores
+    python benchmarks/speed_tricks.py --compile                # and torch.compile (~1 more minute)
+
+Each invocation writes a new results file, results/speed_tricks_<UTC date-time>.json (or --out,
+which must not exist), with the command, commit and machine; it is written after each pair, so an
+interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -21,17 +28,24 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 from gymnasium import spaces
 from torch import nn
 from torch.distributions import Categorical
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import compare  # noqa: E402
+
+sys.path[:] = [compare.ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # benchmarks/mettagrid.py shadows
 
 from cleanmetta import fast  # noqa: E402
-from cleanmetta.files import write_json  # noqa: E402
+from cleanmetta.config import PPOConfig  # noqa: E402
 from cleanmetta.networks import MLPPolicy  # noqa: E402
+from cleanmetta.ppo import PPOOptimizer  # noqa: E402
 
 # The default run: 500k steps of 4 envs x 128 steps (977 rollouts), 4 epochs x 4 minibatches of 128.
 ROLLOUTS = 977
@@ -112,16 +126,49 @@ def pairs() -> list[tuple[str, str, str, object, object]]:
     ]
 
 
+def compile_pair() -> tuple[float, object, object]:
+    """--ppo.compile: (seconds of the compiled loss's first call, eager fn, compiled fn), each fn the PPO
+    minibatch loss's forward and backward pass on the default run's minibatch of 128 samples."""
+    torch.manual_seed(0)
+    policy = MLPPolicy(spaces.Box(-1, 1, (4,)), spaces.Discrete(2))
+    optimizer = torch.optim.Adam(policy.parameters(), lr=2.5e-4, eps=1e-5)
+    minibatch = (torch.randn(128, 4), torch.randint(0, 2, (128, 1)), torch.randn(128) - 0.7, torch.randn(128),
+                 torch.randn(128), torch.randn(128))  # obs, actions, old log-probabilities, advantages, returns, values
+
+    def loss_backward(ppo: PPOOptimizer):
+        def run():
+            ppo.minibatch_loss(*minibatch).total_loss.backward()
+        return run
+
+    eager = loss_backward(PPOOptimizer(policy, optimizer, "cpu", PPOConfig()))
+    compiled = loss_backward(PPOOptimizer(policy, optimizer, "cpu", PPOConfig(compile=True)))
+    start = time.perf_counter()
+    with torch._inductor.config.patch(force_disable_caches=True), warnings.catch_warnings():  # from scratch,
+        warnings.filterwarnings("ignore", "dynamo_pgo force disabled")  # as on a first run (which warns of it)
+        compiled()
+    return time.perf_counter() - start, eager, compiled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--out", default=None, help="write the results as JSON here, after each pair")
+    parser.add_argument("--compile", action="store_true", help="also time --ppo.compile's minibatch loss")
+    parser.add_argument("--out", default=None,
+                        help="a new file; default: benchmarks/results/speed_tricks_<date-time>.json")
     args = parser.parse_args()
+    args.out = compare.result_path("speed_tricks", args.out)
     torch.set_num_threads(1)
     results = {"torch": torch.__version__, "repeats": args.repeats, "calls": args.calls, "pairs": []}
+    pairs_to_time = pairs()
+    if args.compile:
+        results["compile_first_call_s"], eager, compiled = compile_pair()
+        print(f"--ppo.compile: the first call of the compiled loss (compilation) took "
+              f"{results['compile_first_call_s']:.1f} s")
+        pairs_to_time.append(("ppo.compile", "minibatch (opt-in)", "the eager minibatch loss, forward and backward",
+                              eager, compiled))
     print(f"{'trick':26s} {'plain us':>9s} {'trick us':>9s} {'saved us':>9s} {'per run s':>9s}  plain call")
-    for name, unit, plain_call, plain, trick in pairs():
+    for name, unit, plain_call, plain, trick in pairs_to_time:
         calls = max(args.calls // 16, 20) if unit == "rollout" else args.calls
         times: dict[str, list[float]] = {"plain": [], "trick": []}
         for repeat in range(args.repeats):
@@ -135,8 +182,8 @@ def main() -> None:
         print(f"{name:26s} {plain_us:9.1f} {trick_us:9.1f} {plain_us - trick_us:9.1f} {shown:>9s}  {plain_call}")
         results["pairs"].append({"name": name, "called once per": unit, "plain": plain_call, "plain_us": plain_us,
                                  "trick_us": trick_us, "saved_s_per_default_run": per_run, "times_us": times})
-        if args.out:
-            write_json(args.out, results)
+        compare.write_result(args.out, results)
+    print(f"results: {os.path.relpath(args.out, compare.ROOT)}")
 
 
 if __name__ == "__main__":

@@ -15,15 +15,17 @@ training episodes (the raw return, before any reward normalisation); a task's is
 of its runs' scores over seeds. Per run also: steps per second of the training loop, wall time of
 the whole process, and every episode (for the curves).
 
-Every finished run is written at once to results/suite/<task>/<library>_seed<N>.json, and a run
-whose file exists is not run again: stop the suite at any time and start it again to go on
-(`--fresh` runs them again). The table is written to results/suite.md and into the README between
-its suite markers; the curves of every task (return against agent steps and against seconds) to
-results/suite.png.
+Every finished run is written at once to results/suite/<task>/<library>_seed<N>.json (with its
+command, commit and machine), and a run whose file exists is not run again, nor is CleanRL's
+checkout needed for it: stop the suite at any time and start it again to go on (to run one again,
+delete its file first; git keeps the old one). The table is written from every run on disk to
+results/suite.md and into the README between its suite markers, with the commands that run exactly
+its runs (the seeds of each task and library); the curves of every task (return against agent
+steps and against seconds) to results/suite.png.
 
     pip install -e ".[plot,mujoco]"                      # the curves; MuJoCo for the last three tasks
     git clone https://github.com/vwxyzjn/cleanrl /tmp/cleanrl
-    python benchmarks/suite.py --cleanrl /tmp/cleanrl     # every task, 3 seeds, both libraries: hours
+    python benchmarks/suite.py --cleanrl /tmp/cleanrl     # every task, seeds 1-3, both libraries: hours
     python benchmarks/suite.py --cleanrl /tmp/cleanrl --tasks cartpole acrobot --seeds 1
     python benchmarks/suite.py --libraries cleanmetta --tasks mountaincar_rlzoo
     python benchmarks/suite.py --report                  # the table and curves from the runs on disk
@@ -163,6 +165,49 @@ def load_runs() -> dict[str, dict[str, list[dict]]]:
     return runs
 
 
+def commands(runs: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """The suite commands that run exactly `runs` (task -> library -> runs): one per set of tasks whose
+    libraries ran the same seeds, with --libraries where a task's libraries ran different seeds."""
+    groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[str]] = {}
+    for name, task in TASKS.items():
+        seeds = {lib: tuple(sorted(r["seed"] for r in rows)) for lib, rows in runs.get(name, {}).items() if rows}
+        if not seeds:
+            continue
+        libraries = tuple(lib for lib in LIBRARIES if lib in seeds)
+        every = tuple(lib for lib in LIBRARIES if lib == "cleanmetta" or task.cleanrl is not None)
+        if libraries == every and len(set(seeds.values())) == 1:
+            groups.setdefault(((), seeds[libraries[0]]), []).append(name)
+        else:
+            for lib in libraries:
+                groups.setdefault(((lib,), seeds[lib]), []).append(name)
+    lines = []
+    for (libraries, seeds), names in groups.items():
+        cleanrl = any(lib == "cleanrl" and TASKS[name].cleanrl for name in names for lib in libraries or LIBRARIES)
+        lines.append("python benchmarks/suite.py" + (" --cleanrl /tmp/cleanrl" if cleanrl else "")
+                     + " --tasks " + " ".join(names) + (" --libraries " + " ".join(libraries) if libraries else "")
+                     + " --seeds " + " ".join(map(str, seeds)))
+    return lines
+
+
+def named_runs(tasks: list[str], libraries: list[str], seeds: list[int]) -> list[tuple[str, str, int]]:
+    """(task, library, seed) of every run a suite command names, in the order it runs them: seed by seed,
+    task by task, the libraries' order rotated every seed."""
+    wanted = [(name, lib) for name in tasks for lib in libraries if lib == "cleanmetta" or TASKS[name].cleanrl]
+    return [(name, lib, seed) for i, seed in enumerate(seeds) for name in tasks
+            for lib in compare.rotated([lib for task, lib in wanted if task == name], i)]
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cleanrl", default=None,
+                        help="a CleanRL checkout (git clone https://github.com/vwxyzjn/cleanrl)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--libraries", nargs="+", default=LIBRARIES, choices=LIBRARIES)
+    parser.add_argument("--report", action="store_true", help="only write the table and curves from disk")
+    return parser
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -195,9 +240,19 @@ def table(runs: dict[str, dict[str, list[dict]]]) -> str:
     lines += ["", f"Score: mean return of the last {WINDOW} training episodes of a run; mean +- std over seeds "
                   "(the number of seeds in brackets; - : not run yet). Steps/s and wall time: medians over seeds. "
                   "Measured on: " + "; ".join(machines) + "; cleanmetta at " + ", ".join(commits["cleanmetta"])
-              + ", CleanRL at " + ", ".join(commits["cleanrl"]) + ". Command: `python benchmarks/suite.py "
-                "--cleanrl /tmp/cleanrl`."]
+              + ", CleanRL at " + ", ".join(commits["cleanrl"]) + " (each run's command, commit and machine are "
+                "in its file in benchmarks/results/suite/). The commands that run exactly the runs of this table "
+                "(a run whose file is on disk is kept, not run again):", "", "```", *clone(commits["cleanrl"]),
+              *commands(runs), "```"]
     return "\n".join(lines)
+
+
+def clone(commits: list[str]) -> list[str]:
+    """The commands that fetch CleanRL as the table's CleanRL runs had it (at their commit when they share one)."""
+    fetch = "git clone https://github.com/vwxyzjn/cleanrl /tmp/cleanrl"
+    if len(commits) == 1 and commits[0] != "?" and not commits[0].endswith("+changes"):
+        fetch += f" && git -C /tmp/cleanrl checkout {commits[0]}"
+    return [fetch] if commits else []
 
 
 def draw(runs: dict[str, dict[str, list[dict]]], out: str) -> str | None:
@@ -232,37 +287,24 @@ def write_report(runs: dict[str, dict[str, list[dict]]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cleanrl", default=None,
-                        help="a CleanRL checkout (git clone https://github.com/vwxyzjn/cleanrl)")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--libraries", nargs="+", default=LIBRARIES, choices=LIBRARIES)
-    parser.add_argument("--fresh", action="store_true", help="run again the runs whose results are on disk")
-    parser.add_argument("--report", action="store_true", help="only write the table and curves from disk")
-    args = parser.parse_args()
+    args = parser().parse_args()
     if not args.report:
-        wanted = [(name, lib) for name in args.tasks for lib in args.libraries
-                  if lib == "cleanmetta" or TASKS[name].cleanrl is not None]
-        if any(lib == "cleanrl" for _, lib in wanted):
+        to_run = [(name, lib, seed) for name, lib, seed in named_runs(args.tasks, args.libraries, args.seeds)
+                  if not os.path.exists(run_path(name, lib, seed))]  # results are added, never run again
+        if any(lib == "cleanrl" for _, lib, _ in to_run):
             if args.cleanrl is None:
                 raise SystemExit("--cleanrl PATH is needed for CleanRL's runs (git clone "
                                  "https://github.com/vwxyzjn/cleanrl /tmp/cleanrl); or pass --libraries cleanmetta")
             with tempfile.TemporaryDirectory() as scratch:  # every substitution matches: now, not after an hour
-                for script in {TASKS[name].cleanrl for name, lib in wanted if lib == "cleanrl"}:
+                for script in {TASKS[name].cleanrl for name, lib, _ in to_run if lib == "cleanrl"}:
                     adapt(os.path.join(args.cleanrl, "cleanrl", script), SUBSTITUTIONS[script], scratch,
                           "benchmarks/suite.py")
-        for i, seed in enumerate(args.seeds):
-            for name in args.tasks:
-                for lib in compare.rotated([lib for task, lib in wanted if task == name], i):
-                    path = run_path(name, lib, seed)
-                    if os.path.exists(path) and not args.fresh:
-                        continue
-                    result = run_one(name, TASKS[name], lib, seed, args.cleanrl)
-                    write_text(path, json.dumps(result))  # atomic: a kill mid-write leaves no half result
-                    score = "no episode finished" if result["score"] is None else f"{result['score']:.2f}"
-                    print(f"{name:18s} {lib:10s} seed {seed}: score {score}, {result['sps']:,.0f} steps/s, "
-                          f"{result['wall_s'] / 60:.1f} min", flush=True)
+        for name, lib, seed in to_run:
+            result = run_one(name, TASKS[name], lib, seed, args.cleanrl)
+            write_text(run_path(name, lib, seed), json.dumps(result))  # atomic: a kill mid-write leaves no half result
+            score = "no episode finished" if result["score"] is None else f"{result['score']:.2f}"
+            print(f"{name:18s} {lib:10s} seed {seed}: score {score}, {result['sps']:,.0f} steps/s, "
+                  f"{result['wall_s'] / 60:.1f} min", flush=True)
     write_report(load_runs())
 
 
