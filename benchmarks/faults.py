@@ -17,15 +17,16 @@ checkpoint every 2) in its own run directory, hit by one of these, in turn:
 After each kill the run directory must be consistent (cleanmetta.checkpoint.inconsistencies:
 every record's policy reads back, the trainer state in force belongs to the latest policy; not
 checked for `truncated`, whose damage the resume must repair), then `train.py --resume RUN` (under
-torchrun for `torchrun`) must finish the run: every checkpoint epoch present once, the last at
-the final epoch, episodes.csv in step order, keeping every row logged up to the checkpoint it
+torchrun for `torchrun`) must finish the run: the newest checkpoint epochs present once (the
+policies checkpoint.keep_policies keeps), the last at the final epoch, episodes.csv in step order, keeping every row logged up to the checkpoint it
 resumed from (not: ending at the final step, since the resumed run restarts its episodes, and a
 good policy's take 500 steps, more than the epochs left after a late checkpoint). Epochs lost per
 kill: the epochs the killed run had finished (its last progress line) minus the checkpoint it left
 in force.
 
-Results go to --out after every run (a list of per-run records), so an interrupted soak continues
-where it stopped when started again with the same --out; the table is printed at the end.
+Results go to --out after every run (a list of per-run records, each with the commit it ran), so an
+interrupted soak continues where it stopped when started again with the same --out (records are only
+added, never replaced); the table is printed at the end.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import compare  # noqa: E402  (benchmarks/, this file's folder, is on sys.path)
 from cleanmetta.checkpoint import CheckpointError, PolicyStore, inconsistencies, trainer_state_paths  # noqa: E402
+from cleanmetta.config import TrainingConfig  # noqa: E402
 from cleanmetta.files import write_json  # noqa: E402
 
 SCENARIOS = ["sigkill", "sigkill-saving", "sigkill-twice", "truncated", "sigterm", "torchrun"]
 EPOCHS, INTERVAL, STEPS_PER_EPOCH = 40, 2, 512  # small_fast: 16 envs x 32 steps (x 2 under torchrun)
+KEEP_POLICIES = TrainingConfig().checkpoint.keep_policies  # the run's default
 
 
 class Run:
@@ -196,8 +200,9 @@ def soak_one(index: int, scenario: str, root: str) -> dict:
     checks = {
         "exit 0": code == 0,
         "finished at the last epoch": bool(records) and records[-1] == EPOCHS,
-        "every checkpoint epoch once": set(range(INTERVAL, EPOCHS + 1, INTERVAL)) <= set(records)
-                                       and records == sorted(set(records)),
+        # the policies the run keeps (checkpoint.keep_policies; no evaluation here, so no best one): the newest
+        "the newest checkpoint epochs once": set(list(range(INTERVAL, EPOCHS + 1, INTERVAL))[-KEEP_POLICIES:])
+                                             <= set(records) and records == sorted(set(records)),
         # (not ending at final_step: a resumed run restarts its episodes, and a good CartPole policy's take
         # 500 steps, more than the few epochs after a late checkpoint)
         "episodes in step order": steps == sorted(steps) and bool(steps) and steps[-1] <= final_step,
@@ -251,7 +256,8 @@ def main() -> None:
         for index in range(args.runs):
             if index in done or (args.only is not None and index not in args.only):
                 continue
-            record = soak_one(index, SCENARIOS[index % len(SCENARIOS)], root)
+            record = {**soak_one(index, SCENARIOS[index % len(SCENARIOS)], root),
+                      "commit": compare.commit_of(ROOT, *compare.CODE)}
             results.append(record)
             print(f"run {index:3d} {record['scenario']:15s} finished={record['finished']} "
                   f"lost={[k['epochs_lost'] for k in record['kills']]} inconsistent={record['inconsistent']} "

@@ -1,8 +1,10 @@
-"""Checkpoints: policies and trainer state on disk, written atomically and read back as data only.
+"""Checkpoints: a run's trainer states, the checkpointer that commits a checkpoint whole, and the
+run directory's checks. (The policies, their index policies.json and the data-only file format
+are policy_store.py's; its names are re-exported here.)
 
 A run directory holds
     policies/policy_000050.pt    one file per saved policy: network spec, weights, counters, metadata
-    policies.json                the PolicyStore's index of those files (epoch, steps, eval scores)
+    policies.json                the PolicyStore's index of those files (epoch, steps, eval scores, pins)
     trainer_states/trainer_state_000050.pt
                                  what an exact continuation needs: optimizer, counters, RNG states,
                                  config, and which policy file goes with it (the newest `keep`)
@@ -12,177 +14,30 @@ the trainer state, then the policy file, then the index, each atomically (files.
 killed at any moment leaves either the new checkpoint or the previous one in force, never half of
 one. `load_trainer_state` takes the newest committed trainer state that reads back whole (with
 its policy file), falling back to an older one, with a message, when a file was damaged after it
-was written. Every file is read with `torch.load(..., weights_only=True)`: tensors, numbers,
-strings, lists and dicts only, never code. A missing, truncated or foreign file raises
-CheckpointError naming the path and the problem.
+was written. `prune_policies` then deletes the policies the run no longer needs (the index first,
+the files after): never the newest few, the best, a pinned one or one a kept trainer state needs.
+
+    python -m cleanmetta.checkpoint runs/NAME               # list its policies (pins, trainer states, scores)
+    python -m cleanmetta.checkpoint runs/NAME --pin 120     # keep epoch 120's policy (--unpin 120)
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
-import json
 import os
 import random
 import re
-from dataclasses import dataclass, field
+import sys
 from typing import Any
 
 import numpy as np
 import torch
 
-from cleanmetta.config import AgentConfig
-from cleanmetta.files import fsync_dir, write_atomic, write_json
-from cleanmetta.policy import make_policy
-from cleanmetta.spaces import space_from_dict, spaces_match
-
-FORMAT = "cleanmetta-checkpoint/1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or not a cleanmetta checkpoint of the expected kind."""
-
-
-# ---- checkpoint files ---------------------------------------------------------------------------
-
-def save_checkpoint(obj: dict[str, Any], path: str, kind: str) -> None:
-    """Atomically write `obj` (plain data and tensors) as a checkpoint of `kind`."""
-    write_atomic(path, lambda tmp: torch.save({"format": FORMAT, "kind": kind, **obj}, tmp))
-
-
-def load_checkpoint(path: str, kind: str) -> dict[str, Any]:
-    """Read a checkpoint of `kind` as data; CheckpointError for anything else."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt file can make the unpickler fail in any way (IndexError, KeyError, ...)
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, corrupt, or not saved as "
-                              f"plain data): {first_line}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{path}: not a cleanmetta checkpoint (format {found!r}, expected {FORMAT!r})")
-    if data.get("kind") != kind:
-        raise CheckpointError(f"{path}: holds a {data.get('kind')!r} checkpoint, expected {kind!r}")
-    return data
-
-
-# ---- policies -----------------------------------------------------------------------------------
-
-@dataclass
-class PolicyRecord:
-    """One saved policy: where it is, when it was saved, and how it scored."""
-
-    uri: str
-    epoch: int
-    agent_steps: int = 0
-    metadata: dict[str, Any] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)
-    _policy: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def policy(self):
-        """The network, loaded from `uri` on first access."""
-        if self._policy is None:
-            self._policy = load_policy_file(self.uri)
-        return self._policy
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "epoch": self.epoch, "agent_steps": self.agent_steps,
-                "metadata": self.metadata, "scores": self.scores}
-
-
-def load_policy_file(path: str, device: torch.device | str = "cpu"):
-    """Rebuild a policy from its saved spec and weights."""
-    data = load_checkpoint(path, "policy")
-    spec = data["spec"]
-    policy = make_policy(AgentConfig(**spec["agent"]), space_from_dict(spec["observation_space"]),
-                         space_from_dict(spec["action_space"]))
-    try:
-        policy.load_state_dict(data["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the saved network spec: {err}") from None
-    return policy.to(device)
-
-
-def check_policy_spaces(policy, observation_space, action_space, where: str) -> None:
-    """CheckpointError unless the saved network `policy` (its .spec) was built for these spaces."""
-    saved_obs = space_from_dict(policy.spec["observation_space"])
-    saved_action = space_from_dict(policy.spec["action_space"])
-    if not (spaces_match(saved_obs, observation_space) and spaces_match(saved_action, action_space)):
-        raise CheckpointError(f"{where}: saved for observation space {saved_obs} and action space {saved_action}, "
-                              f"but the env has {observation_space} and {action_space}")
-
-
-class PolicyStore:
-    """The policy records of one run, indexed in `<directory>/policies.json`."""
-
-    def __init__(self, directory: str):
-        self.directory = directory
-        self.index_path = os.path.join(directory, "policies.json")
-
-    def records(self) -> list[PolicyRecord]:
-        """All records, oldest first."""
-        if not os.path.exists(self.index_path):
-            return []
-        try:
-            with open(self.index_path) as f:
-                rows = json.load(f)
-            # The index stores paths relative to the run directory, so a run can be moved or copied.
-            return [PolicyRecord(**{**row, "uri": self._resolve(row["uri"])}) for row in rows]
-        except (ValueError, TypeError) as err:
-            raise CheckpointError(f"{self.index_path}: not a readable policy index: {err}") from None
-
-    def add(self, record: PolicyRecord) -> PolicyRecord:
-        records = [r for r in self.records() if r.uri != record.uri] + [record]
-        self._write(sorted(records, key=lambda r: r.epoch))
-        return record
-
-    def latest(self) -> PolicyRecord:
-        records = self.records()
-        if not records:
-            raise CheckpointError(f"{self.directory}: no saved policies (no {self.index_path})")
-        return records[-1]
-
-    def best(self, metric: str) -> PolicyRecord:
-        """The record with the highest score `metric` (e.g. 'CartPole-v1/mean_return')."""
-        scored = [r for r in self.records() if metric in r.scores]
-        if not scored:
-            raise CheckpointError(f"{self.directory}: no policy has the score {metric!r}")
-        return max(scored, key=lambda r: (r.scores[metric], r.epoch))
-
-    def get(self, selector: str | int) -> PolicyRecord:
-        """A record by epoch number, 'latest', 'best:<metric>', or file path."""
-        if selector == "latest":
-            return self.latest()
-        if isinstance(selector, str) and selector.startswith("best:"):
-            return self.best(selector[5:])
-        for record in self.records():
-            if str(record.epoch) == str(selector) or record.uri == self._resolve(str(selector)):
-                return record
-        if isinstance(selector, str) and os.path.isfile(selector):
-            data = load_checkpoint(selector, "policy")
-            return PolicyRecord(selector, data["epoch"], data["agent_steps"], data["metadata"])
-        raise CheckpointError(f"{self.directory}: no policy matches {selector!r}")
-
-    def remove_after(self, epoch: int) -> list[PolicyRecord]:
-        """Drop the records (and files) of policies saved after `epoch`; return them. A resumed run
-        does this for the epochs it is about to train again."""
-        records = self.records()
-        removed = [r for r in records if r.epoch > epoch]
-        if removed:
-            self._write([r for r in records if r.epoch <= epoch])
-            for record in removed:
-                if os.path.exists(record.uri):
-                    os.remove(record.uri)
-        return removed
-
-    def _resolve(self, uri: str) -> str:
-        return os.path.normpath(os.path.join(self.directory, uri))
-
-    def _write(self, records: list[PolicyRecord]) -> None:
-        write_json(self.index_path, [{**r.to_dict(), "uri": os.path.relpath(r.uri, self.directory)} for r in records])
-
+from cleanmetta.files import fsync_dir
+# also re-exported: `from cleanmetta.checkpoint import PolicyStore, CheckpointError, load_policy_file` works
+from cleanmetta.policy_store import (CheckpointError, PolicyRecord, PolicyStore, check_policy_spaces, load_checkpoint,
+                                     load_policy_file, save_checkpoint)
 
 TRAINER_STATES = "trainer_states"
 
@@ -282,7 +137,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 class TrainingCheckpointer:
     """Saves and restores a run's policies and trainer state under `checkpoint_dir`; keeps the
-    newest `keep` trainer states (the policies all stay)."""
+    newest `keep` trainer states, and the policies until `prune_policies` (resume.save_checkpoint,
+    the training loops' save, calls it with checkpoint.keep_policies)."""
 
     def __init__(self, checkpoint_dir: str, policy_store: PolicyStore | None = None, wandb_run: Any = None,
                  keep: int = 3):
@@ -345,6 +201,32 @@ class TrainingCheckpointer:
         for path in trainer_state_paths(run_dir)[self.keep:]:
             os.remove(path)
 
+    def prune_policies(self, keep_newest: int) -> list[PolicyRecord]:
+        """Delete the policies the run no longer needs (records, then files; keep_newest=0: none) and
+        return their records. Kept: the newest `keep_newest`, the best by each simulation's mean
+        return, the pinned, and those a kept trainer state points to (a resume may fall back to any
+        of them). Then the policy files that a kill in the middle of an earlier prune left without a
+        record (older than the latest record) go too."""
+        if keep_newest < 1:
+            return []
+        in_use = []
+        for path in trainer_state_paths(self.checkpoint_dir):
+            try:
+                uri = load_checkpoint(path, "trainer_state").get("policy_uri")
+            except CheckpointError:  # damaged: no resume can use it, so it needs no policy kept
+                continue
+            if uri is not None:
+                in_use.append(self.policy_store._resolve(uri))
+        removed = self.policy_store.prune(keep_newest, in_use)
+        records = self.policy_store.records()
+        recorded = {os.path.realpath(r.uri) for r in records}
+        for path in glob.glob(os.path.join(glob.escape(self.checkpoint_dir), "policies", "policy_*.pt")):
+            match = re.fullmatch(r"policy_(\d+)\.pt", os.path.basename(path))
+            older = match and records and int(match.group(1)) < records[-1].epoch  # never a save in progress
+            if older and os.path.realpath(path) not in recorded:
+                os.remove(path)
+        return removed
+
     def load_trainer_state(self, run_dir: str) -> dict[str, Any] | None:
         """The newest committed trainer state of `run_dir` that reads back whole, with its policy file;
         None when it has none yet. A damaged newer one is skipped with a message on stdout; one whose
@@ -402,3 +284,33 @@ class TrainingCheckpointer:
             "epoch": record.epoch, "agent_steps": record.agent_steps, "scores": record.scores})
         artifact.add_file(record.uri)
         self.wandb_run.log_artifact(artifact, aliases=["latest", f"epoch_{record.epoch}"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cleanmetta.checkpoint", description=(
+        "List a run's saved policies; pin one so that checkpoint.keep_policies never prunes it."))
+    parser.add_argument("run_dir", help="run directory, e.g. runs/NAME")
+    parser.add_argument("--pin", metavar="POLICY", help="keep this policy: an epoch, 'latest' or 'best:<score>'")
+    parser.add_argument("--unpin", metavar="POLICY", help="let a pinned policy be pruned again")
+    args = parser.parse_args(argv)
+    store = PolicyStore(args.run_dir)
+    try:
+        for selector, pinned in ((args.pin, True), (args.unpin, False)):
+            if selector is not None:
+                record = store.pin(selector, pinned)
+                print(f"{'pinned' if pinned else 'unpinned'} epoch {record.epoch}: {record.uri}")
+        records = store.records()
+        if not records:
+            raise CheckpointError(f"{args.run_dir}: no saved policies (no {store.index_path})")
+    except CheckpointError as err:
+        sys.exit(f"error: {err}")
+    states = {int(m.group(1)) for path in trainer_state_paths(args.run_dir)
+              if (m := re.fullmatch(r"trainer_state_(\d+)\.pt", os.path.basename(path)))}
+    for r in records:
+        notes = ", ".join((["pinned"] if r.pinned else []) + (["trainer state"] if r.epoch in states else []))
+        scores = "  ".join(f"{name} {value:.2f}" for name, value in r.scores.items() if name.endswith("/mean_return"))
+        print(f"epoch {r.epoch:>6}  {r.agent_steps:>13,} agent steps  {notes:22s}  {scores}".rstrip())
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,8 @@
 directory made to agree with the checkpoint.
 
 train.py and the functional loop (trainer.py) call `save_checkpoint` every checkpoint.interval
-epochs and `restore_checkpoint` once at the start; train.py's --resume and --config read their
-base config here (`resume_base`, `config_file_base`).
+epochs, after every evaluation and at the end, and `restore_checkpoint` once at the start;
+train.py's --resume and --config read their base config here (`resume_base`, `config_file_base`).
 
 Under torchrun rank 0 alone reads and writes the run's files: it writes the checkpoint with every
 rank's RNG state; on resume it reads the config, the checkpoint (and prepares the directory) and
@@ -72,10 +72,16 @@ def config_file_base(path: str) -> TrainingConfig:
 
 def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,
                     epoch: int, agent_steps: int, scores: dict[str, float] | None = None,
-                    reward_scaler: RewardScaler | None = None, curriculum: Curriculum | None = None) -> None:
-    """One checkpoint (TrainingCheckpointer.save_checkpoint: in force only once whole). Under
-    torchrun every rank calls this and rank 0 writes, with every rank's RNG state (and the
-    curriculum's state, the same on every rank)."""
+                    reward_scaler: RewardScaler | None = None, curriculum: Curriculum | None = None,
+                    if_missing: bool = False) -> None:
+    """One checkpoint (TrainingCheckpointer.save_checkpoint: in force only once whole), then the
+    policies beyond checkpoint.keep_policies pruned (TrainingCheckpointer.prune_policies). `scores`:
+    those measured on this very policy ({} when it was not evaluated). `if_missing`: write nothing
+    when `epoch` is saved already (its record keeps its scores and pin). Under torchrun every rank
+    calls this and rank 0 writes, with every rank's RNG state (and the curriculum's state, the same
+    on every rank)."""
+    if if_missing and any(record.epoch == epoch for record in checkpointer.policy_store.records()):
+        return
     extra = {"reward_scaler": reward_scaler.state_dict()} if reward_scaler is not None else {}
     curriculum_state = curriculum.state_dict() if curriculum is not None else {}
     if curriculum_state:  # learning progress: its pool
@@ -86,6 +92,7 @@ def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, 
         return
     checkpointer.save_checkpoint(policy, epoch, agent_steps, optimizer.state_dict(), {"scores": scores or {}},
                                  config=config.to_dict(), **extra)
+    checkpointer.prune_policies(config.checkpoint.keep_policies)
 
 
 def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, policy, optimizer,

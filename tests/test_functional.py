@@ -82,4 +82,5 @@ def test_a_custom_step_fn_replaces_the_default_step(tmp_run_root):
                                      custom_losses=[])
     assert calls == [0, 1, 2, 3]
     assert state.epoch == 4
-    assert [r.epoch for r in PolicyStore(os.path.join(tmp_run_root, "custom")).records()] == [2, 4]
+    # checkpoints every 2 epochs, an evaluated epoch (every 3) saved with its scores, and the last one
+    assert [r.epoch for r in PolicyStore(os.path.join(tmp_run_root, "custom")).records()] == [2, 3, 4]
