@@ -1,10 +1,15 @@
+import ast
 import dataclasses
+import inspect
+import re
+import textwrap
+import typing
 
 import pytest
 import tyro
 
-from cleanmetta.config import (PRESETS, AgentConfig, ConfigError, EnvConfig, PPOConfig, TrainerConfig,
-                               TrainingConfig, small_fast_config)
+import train
+from cleanmetta.config import PRESETS, ConfigError, TrainingConfig, small_fast_config
 
 
 def test_defaults_are_the_cartpole_reference_settings():
@@ -16,8 +21,29 @@ def test_defaults_are_the_cartpole_reference_settings():
     assert (c.ppo.ent_coef, c.ppo.vf_coef, c.ppo.max_grad_norm) == (0.01, 0.5, 0.5)
 
 
-def test_small_fast_config_is_valid():
-    small_fast_config().validate()
+def changes(config, default=None, prefix="") -> dict:
+    """The fields where `config` differs from TrainingConfig(), as {'section.field': value}."""
+    default = TrainingConfig() if default is None else default
+    changed = {}
+    for f in dataclasses.fields(config):
+        value, base = getattr(config, f.name), getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            changed.update(changes(value, base, f"{prefix}{f.name}."))
+        elif value != base:
+            changed[f"{prefix}{f.name}"] = value
+    return changed
+
+
+def test_small_fast_config_trades_comparability_for_wall_clock_time_on_cartpole():
+    fast, reference = small_fast_config(), TrainingConfig()
+    assert changes(fast) == {"env.num_envs": 16, "trainer.total_timesteps": 150_000, "trainer.num_steps": 32,
+                             "trainer.learning_rate": 1e-3, "ppo.num_minibatches": 2, "log.console_interval": 2.0}
+    # its docstring: more environments, a shorter rollout, fewer and larger minibatches, a higher learning rate
+    assert fast.env.num_envs > reference.env.num_envs and fast.trainer.num_steps < reference.trainer.num_steps
+    assert fast.ppo.num_minibatches < reference.ppo.num_minibatches
+    minibatch = fast.env.num_envs * fast.trainer.num_steps // fast.ppo.num_minibatches
+    assert minibatch > reference.env.num_envs * reference.trainer.num_steps // reference.ppo.num_minibatches
+    assert fast.trainer.learning_rate > reference.trainer.learning_rate
 
 
 def test_cli_parses_nested_flags():
@@ -32,16 +58,47 @@ def test_cli_parses_nested_flags():
     assert (c.seed, c.device) == (7, "cpu")
 
 
-def test_cli_help_documents_every_field(capsys):
+def field_docstrings(cls=TrainingConfig, prefix="--") -> dict[str, str | None]:
+    """{flag: the docstring under its field in config.py, whitespace collapsed (None: it has none)} for
+    every field of `cls` and of its sections."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {node.target.id: " ".join(after.value.value.split()) for node, after in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)}
+    hints, flags = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            flags.update(field_docstrings(hints[f.name], f"--{f.name}."))
+        else:
+            flags[prefix + f.name.replace("_", "-")] = docs.get(f.name)
+    return flags
+
+
+def help_under_each_flag(text: str) -> dict[str, str]:
+    """{flag: the help printed under it, whitespace collapsed} from tyro's --help (boxed or not)."""
+    shown, flag = {}, None
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():  # colours, if the terminal asks for them
+        inner = line.rstrip().strip("│").rstrip()
+        indent = len(inner) - len(inner.lstrip())
+        starts = re.match(r" {0,2}(--[a-z][\w.-]*)", inner)  # '  --ppo.norm-adv, --ppo.no-norm-adv'
+        if starts:
+            flag = starts.group(1)
+            shown[flag] = ""
+        elif flag and indent >= 4:  # its help, indented under it
+            shown[flag] += " " + inner.strip()
+        else:
+            flag = None
+    return {flag: " ".join(text.split()) for flag, text in shown.items()}
+
+
+def test_cli_help_documents_every_field(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")  # one column of sections
     with pytest.raises(SystemExit):
-        tyro.cli(TrainingConfig, args=["--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for section in (TrainingConfig, EnvConfig, AgentConfig, TrainerConfig, PPOConfig):
-        for f in dataclasses.fields(section):
-            if not dataclasses.is_dataclass(f.type) and f.name not in ("env", "agent", "trainer", "ppo", "log"):
-                assert f.name.replace("_", "-") in text, f.name
-    assert "surrogate clipping coefficient" in text
-    assert "global gradient-norm clip" in text
+        train.parse_config(["--help"])  # python train.py --help
+    shown = help_under_each_flag(capsys.readouterr().out)
+    for flag, docstring in field_docstrings().items():
+        assert docstring, f"{flag}'s field has no docstring"
+        assert docstring in shown.get(flag, ""), f"{flag}: {docstring!r} is not its help"
 
 
 def with_change(path: str, value) -> TrainingConfig:
@@ -96,9 +153,43 @@ def test_validate_reports_every_error_at_once():
     assert "ppo.gamma=2.0" in str(err.value) and "env.num_envs=0" in str(err.value)
 
 
-def test_every_preset_is_valid():
-    for name, make in PRESETS.items():
-        assert make().validate() is not None, name
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid(name):
+    config = PRESETS[name]()
+    assert config.validate() is config  # validate() raises on the first inconsistent preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_what_its_flag_and_its_saved_config_give(name):
+    config = PRESETS[name]()
+    assert train.parse_config(["--preset", name]) == config
+    assert TrainingConfig.from_dict(config.to_dict()) == config  # a run's config.json, read back on --resume
+
+
+PRESET_CHANGES = {  # what each preset's docstring promises, against TrainingConfig()'s reference settings
+    "continuous": {"env.id": "Pendulum-v1", "env.num_envs": 1, "agent.normalize_obs": True,
+                   "trainer.total_timesteps": 1_000_000, "trainer.num_steps": 2048, "trainer.learning_rate": 3e-4,
+                   "ppo.num_minibatches": 32, "ppo.update_epochs": 10, "ppo.ent_coef": 0.0,
+                   "ppo.normalize_reward": True},
+    "mettagrid": {"env.id": "mettagrid/hearts", "env.num_envs": 16, "trainer.learning_rate": 1e-3,
+                  "ppo.update_epochs": 2, "ppo.ent_coef": 0.005},
+    "mettagrid_lstm": {"env.id": "mettagrid/hearts", "env.num_envs": 16, "trainer.learning_rate": 1e-3,
+                       "ppo.update_epochs": 2, "ppo.ent_coef": 0.005, "agent.lstm_size": 64,
+                       "trainer.bptt_horizon": 32},
+    "cartpole_lstm": {"env.id": "CartPoleNoVel-v1", "env.num_envs": 8, "agent.name": "mlp",
+                      "agent.normalize_obs": True, "agent.lstm_size": 64, "trainer.total_timesteps": 100_000,
+                      "trainer.num_steps": 32, "trainer.learning_rate": 1e-3, "ppo.num_minibatches": 1,
+                      "ppo.update_epochs": 20, "ppo.gamma": 0.98, "ppo.gae_lambda": 0.8, "ppo.ent_coef": 0.0},
+    "atari": {"torch_threads": 2, "env.id": "ALE/Breakout-v5", "env.num_envs": 8,
+              "env.kwargs": "repeat_action_probability=0.0,episodic_life=true,reward_clipping=true",
+              "agent.name": "simple_cnn", "agent.hidden_size": 512, "trainer.total_timesteps": 10_000_000,
+              "ppo.clip_coef": 0.1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_CHANGES))
+def test_each_preset_changes_the_reference_settings_as_its_docstring_says(name):
+    assert changes(PRESETS[name]()) == PRESET_CHANGES[name]
 
 
 def test_the_mountaincar_preset_has_rl_zoos_settings():

@@ -4,18 +4,21 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import train
+from cleanmetta import log
 from cleanmetta.checkpoint import (CheckpointError, PolicyStore, TrainingCheckpointer, inconsistencies,
                                    trainer_state_paths)
+from cleanmetta.collector import RolloutCollector
 from cleanmetta.config import small_fast_config
 from cleanmetta.envs import make_vecenv
 from cleanmetta.policy import make_policy
 from cleanmetta.resume import restore_checkpoint
-from cleanmetta.trainer import make_optimizer
+from cleanmetta.trainer import StopOnSignal, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,19 +101,63 @@ def saved_epoch(run_dir):
         return 0
 
 
-def test_sigterm_finishes_the_epoch_saves_and_exits_cleanly(tmp_run_root):
-    run_dir = os.path.join(tmp_run_root, "run")
-    process = launch(tmp_run_root, "--trainer.total-timesteps", "10000000", "--checkpoint.interval", "100000")
+def stop_a_run_with(run_root, signum) -> tuple[str, int]:
+    """Send `signum` to a long train.py run once it has logged episodes; its output and saved epoch."""
+    run_dir = os.path.join(run_root, "run")
+    process = launch(run_root, "--trainer.total-timesteps", "10000000", "--checkpoint.interval", "100000")
     wait_for(lambda: os.path.exists(os.path.join(run_dir, "episodes.csv")) and os.path.getsize(
         os.path.join(run_dir, "episodes.csv")) > 200)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
+    return out, saved_epoch(run_dir)
+
+
+def test_sigterm_finishes_the_epoch_saves_and_exits_cleanly(tmp_run_root):
+    out, epoch = stop_a_run_with(tmp_run_root, signal.SIGTERM)
     assert "SIGTERM: finishing this epoch, saving a checkpoint" in out
-    epoch = saved_epoch(run_dir)
     assert epoch > 0
+    with open(os.path.join(tmp_run_root, "run", "summary.json")) as f:
+        assert json.load(f)["agent_steps"] == epoch * 512
+
+
+def test_ctrl_c_finishes_the_epoch_saves_exits_cleanly_and_resume_continues(tmp_run_root, capsys):
+    run_dir = os.path.join(tmp_run_root, "run")
+    out, epoch = stop_a_run_with(tmp_run_root, signal.SIGINT)  # what Ctrl-C sends
+    assert "SIGINT: finishing this epoch, saving a checkpoint, then exiting" in out
+    assert epoch > 0 and inconsistencies(run_dir) == []
     with open(os.path.join(run_dir, "summary.json")) as f:
         assert json.load(f)["agent_steps"] == epoch * 512
+
+    train.main(train.parse_config(["--resume", run_dir, "--trainer.total-timesteps", str(512 * (epoch + 2))]))
+    assert f"resumed {run_dir} at epoch {epoch}, {epoch * 512:,} agent steps" in capsys.readouterr().out
+    assert saved_epoch(run_dir) == epoch + 2
+
+
+@pytest.fixture
+def sigint_before_the_loop():
+    """SIGINT's handler before the training loop: it records what it receives (pytest's comes back after)."""
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    yield received
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_second_ctrl_c_interrupts_at_once(sigint_before_the_loop, capsys):
+    with StopOnSignal() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested  # the first: the loop stops after this epoch
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the second: now, without waiting for the epoch
+    assert capsys.readouterr().out.count("SIGINT: finishing this epoch") == 1
+    assert sigint_before_the_loop == []
+
+
+def test_after_the_loop_ctrl_c_goes_to_the_handler_from_before(sigint_before_the_loop):
+    with StopOnSignal():
+        pass
+    signal.raise_signal(signal.SIGINT)
+    assert sigint_before_the_loop == [signal.SIGINT]
 
 
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(tmp_run_root):
@@ -247,15 +294,24 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_run_root, capsy
     assert result["epoch"] == 4 and snapshot(run_dir) == before
 
 
-def test_summary_holds_the_whole_runs_totals(tmp_run_root):
+def test_summary_holds_the_whole_runs_totals(tmp_run_root, monkeypatch):
+    # The logger's clock moves only while a rollout is collected, 10 seconds each: every epoch takes 10 s.
+    clock = SimpleNamespace(seconds=0.0)
+    monkeypatch.setattr(log, "time", SimpleNamespace(perf_counter=lambda: clock.seconds))
+    collect = RolloutCollector.collect
+
+    def ten_second_rollout(self):
+        clock.seconds += 10.0
+        return collect(self)
+
+    monkeypatch.setattr(RolloutCollector, "collect", ten_second_rollout)
     run_dir = os.path.join(tmp_run_root, "run")
-    first = train.main(config_for(tmp_run_root, steps=512 * 4))
-    train.main(config_for(tmp_run_root, steps=512 * 8))
+    assert train.main(config_for(tmp_run_root, steps=512 * 4))["seconds"] == 40.0
+    train.main(config_for(tmp_run_root, steps=512 * 8))  # resumed at epoch 4
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
-    assert summary["agent_steps"] == 512 * 8
-    assert summary["seconds"] > first["seconds"] * 0.9  # both parts' training time (the first up to its last episode)
-    assert summary["steps_per_second"] == pytest.approx(summary["agent_steps"] / summary["seconds"])
+    assert (summary["agent_steps"], summary["seconds"]) == (512 * 8, 80.0)  # both parts: 8 epochs of 10 s
+    assert summary["steps_per_second"] == 512 * 8 / 80.0
 
 
 def test_a_runs_config_file_starts_a_new_run_instead_of_reopening_it(tmp_run_root, capsys):

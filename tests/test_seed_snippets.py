@@ -7,6 +7,7 @@ the lines after `# --- snippet ---` are the document's own, verbatim apart from 
 import os
 
 import torch
+import tyro
 
 from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import EnvConfig, PPOConfig, small_fast_config
@@ -50,7 +51,15 @@ def test_structured_configs():
         trainer=TrainerConfig(total_timesteps=1_000_000),
     )
     # --- end ---
-    assert config.validate().agent.hidden_size == 512
+    assert config.validate() is config
+    # the same config from the command line and from a YAML-shaped dict, the rest at its defaults
+    assert config == tyro.cli(TrainingConfig, args=["--experiment-name", "my_experiment", "--agent.name",
+                                                    "simple_cnn", "--agent.hidden-size", "512",
+                                                    "--trainer.total-timesteps", "1000000"])
+    assert config == TrainingConfig.from_dict({"experiment_name": "my_experiment",
+                                               "agent": {"name": "simple_cnn", "hidden_size": 512},
+                                               "trainer": {"total_timesteps": 1_000_000}})
+    assert TrainingConfig.from_dict(config.to_dict()) == config
 
 
 def test_functional_training_loop(tmp_run_root):

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import train
+from cleanmetta.checkpoint import PolicyStore
 from cleanmetta.config import ConfigError, TrainingConfig, continuous_config, mettagrid_config, small_fast_config
+from cleanmetta.spaces import space_from_dict
 from cleanmetta.trainer import learning_rate_at, resolve_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +138,27 @@ def test_train_script_runs_from_the_command_line(tmp_run_root):
     assert out.returncode == 0, out.stderr
     assert "[100.0%] step 1,024/1,024" in out.stdout and "SPS" in out.stdout
     assert os.path.exists(os.path.join(tmp_run_root, "cli", "config.json"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason='needs pip install -e ".[mujoco]"')
+def test_the_readmes_mujoco_command_trains_halfcheetah(tmp_run_root):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        command = next(line for line in f if line.startswith("python train.py") and "HalfCheetah-v5" in line)
+    flags = command.split("#")[0].split()[2:]  # the README's, after `python train.py`; a tiny budget on top
+    out = subprocess.run([sys.executable, "train.py", *flags, "--trainer.total-timesteps", "2048",
+                          "--trainer.num-steps", "1024", "--log.run-root", tmp_run_root, "--experiment-name", "cheetah",
+                          "--log.no-tensorboard"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[100.0%] step 2,048/2,048" in out.stdout
+    run_dir = os.path.join(tmp_run_root, "cheetah")
+    config = TrainingConfig.from_yaml(os.path.join(run_dir, "config.json"))
+    assert (config.env.id, config.ppo.num_minibatches, config.ppo.update_epochs) == ("HalfCheetah-v5", 32, 10)
+    spec = PolicyStore(run_dir).latest().policy.spec
+    assert space_from_dict(spec["observation_space"]).shape == (17,)
+    assert space_from_dict(spec["action_space"]).shape == (6,)
+    with open(os.path.join(run_dir, "episodes.csv")) as f:
+        lengths = [row.split(",")[3] for row in f.read().splitlines()[1:]]
+    assert lengths == ["1000", "1000"]  # two whole episodes, each ended by HalfCheetah's time limit
 
 
 def test_train_script_rejects_an_invalid_value(tmp_run_root):
