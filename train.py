@@ -22,12 +22,12 @@ import os
 import sys
 
 import torch
-import tyro
 
 from cleanmetta import distributed
-from cleanmetta.checkpoint import CheckpointError, PolicyStore, TrainingCheckpointer
+from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer
+from cleanmetta.cli import USER_ERRORS, parse_config
 from cleanmetta.collector import RolloutCollector
-from cleanmetta.config import PRESETS, ConfigError, TrainingConfig
+from cleanmetta.config import TrainingConfig
 from cleanmetta.curriculum import make_curriculum
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
@@ -36,11 +36,10 @@ from cleanmetta.log import StatsLogger, start_wandb
 from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
-from cleanmetta.spaces import UnsupportedEnvError
-from cleanmetta.resume import config_file_base, finished, restore_checkpoint, resume_base, save_checkpoint
-from cleanmetta.trainer import (StopOnSignal, announce, evaluate_and_log, join_process_group, learning_rate_at,
-                                make_optimizer, make_reward_scaler, num_epochs_for, planned_steps, rank_seed,
-                                run_dir_for, seed_everything)
+from cleanmetta.resume import finished, restore_checkpoint, save_checkpoint
+from cleanmetta.trainer import (SaveOnError, StopOnSignal, announce, evaluate_and_log, join_process_group,
+                                learning_rate_at, make_optimizer, make_reward_scaler, num_epochs_for, planned_steps,
+                                rank_seed, run_dir_for, seed_everything)
 
 
 def main(config: TrainingConfig) -> dict:
@@ -81,14 +80,19 @@ def main(config: TrainingConfig) -> dict:
                          config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run)
 
     # Train.
-    scores: dict[str, float] = {}
+    def save(scores: dict[str, float], if_missing: bool = False) -> None:  # the run as of `epoch` (read when called)
+        save_checkpoint(checkpointer, config, policy, optimizer, epoch, agent_steps, scores, reward_scaler, curriculum,
+                        if_missing)
+
+    saving = SaveOnError(lambda: save({}, if_missing=True), run_dir)  # an env or evaluation error: save, go on up
     with StopOnSignal() as stop:
         while epoch < num_epochs and not stop.requested:
             learning_rate = learning_rate_at(config.trainer, epoch, num_epochs)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate
 
-            rollout_stats, num_steps = collector.collect()
+            with saving:
+                rollout_stats, num_steps = collector.collect()
             agent_steps += num_steps
             curriculum_stats = curriculum.update(rollout_stats)  # learning progress: the scores pick the tasks
             set_agent_steps(custom_losses, agent_steps)  # kickstart: the teacher's weight fades with agent steps
@@ -96,12 +100,13 @@ def main(config: TrainingConfig) -> dict:
             epoch += 1
             logger.log_epoch(agent_steps, rollout_stats, update_stats, learning_rate, curriculum_stats)
 
-            if config.evaluation.interval and epoch % config.evaluation.interval == 0:
-                scores = evaluate_and_log(evaluator, policy, logger, agent_steps)
+            evaluated = bool(config.evaluation.interval) and epoch % config.evaluation.interval == 0
+            with saving:  # the scores of the policy as of `epoch` ({} when not evaluated)
+                scores = evaluate_and_log(evaluator, policy, logger, agent_steps) if evaluated else {}
             last = stop.sync() or epoch >= num_epochs  # torchrun: a signal to any rank stops all at this epoch
-            if last or (config.checkpoint.interval and epoch % config.checkpoint.interval == 0):
-                save_checkpoint(checkpointer, config, policy, optimizer, epoch, agent_steps, scores, reward_scaler,
-                                curriculum)
+            # an evaluated policy is saved with its scores, so that best:<score> can choose it
+            if last or evaluated or (config.checkpoint.interval and epoch % config.checkpoint.interval == 0):
+                save(scores)
 
     logger.close()
     vecenv.close()
@@ -109,56 +114,14 @@ def main(config: TrainingConfig) -> dict:
     return {"run_dir": run_dir, "policy": policy, "curriculum": curriculum, "epoch": epoch, **logger.summary()}
 
 
-BASES = {  # read before the other flags, in this order; each replaces the base config
-    "--preset": "NAME   a named preset: " + ", ".join(sorted(PRESETS)),
-    "--config": "FILE   a YAML or JSON config file (the layout: examples/config.yaml)",
-    "--resume": "RUN    continue the run in directory RUN from its last checkpoint",
-}
-
-
-def parse_config(argv: list[str]) -> TrainingConfig:
-    """Flags on top of a base: --preset NAME, --config FILE, or the config saved in --resume RUN_DIR
-    (as `--preset NAME` or `--preset=NAME`)."""
-    base, resume_dir, given, rest = TrainingConfig(), None, {}, []
-    args = iter(argv)
-    for arg in args:
-        flag, equals, value = arg.partition("=")
-        if flag not in BASES:
-            rest.append(arg)
-            continue
-        value = value if equals else next(args, None)
-        if value is None:
-            raise ConfigError(f"{flag} needs a value: {flag} {BASES[flag].split()[0]}")
-        given[flag] = value
-    argv = rest
-    for flag, value in ((flag, given[flag]) for flag in BASES if flag in given):
-        if flag == "--preset":
-            if value not in PRESETS:
-                raise ConfigError(f"--preset {value!r} is not a preset; choose one of {sorted(PRESETS)}")
-            base = PRESETS[value]()
-        elif flag == "--config":
-            base = config_file_base(value)  # a run's config.json starts a new run (a new name), not that run
-        else:
-            resume_dir = value.rstrip("/")
-            base = resume_base(resume_dir)  # RUN/config.json (torchrun: on rank 0 only)
-    bases = "\n".join(f"  {flag} {text}" for flag, text in BASES.items())
-    config = tyro.cli(TrainingConfig, default=base, args=argv, description=__doc__.split("\n\n")[0]
-                      + f"\n\nRead first (the flags below override them):\n{bases}")
-    if resume_dir is not None:  # the run directory is what --resume names
-        config.log.run_root, config.experiment_name = os.path.split(os.path.abspath(resume_dir))
-        config.checkpoint.resume = True
-    return config
-
-
 if __name__ == "__main__":
     try:
-        main(parse_config(sys.argv[1:]))
+        main(parse_config(sys.argv[1:], description=__doc__.split("\n\n")[0]))
     except BrokenPipeError:  # e.g. python train.py --help | head: the reader left; so do we, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except (Exception, KeyboardInterrupt) as err:
         distributed.report_failure(err)  # torchrun: the other ranks stop within seconds, with this message
-        if isinstance(err, (ConfigError, UnsupportedEnvError, CheckpointError, FileNotFoundError,
-                            distributed.DistributedError, FloatingPointError)):
+        if isinstance(err, USER_ERRORS):  # a bad value, a missing package, a full disk, ...: one line, the fix
             sys.exit(f"error: {err}")
         raise

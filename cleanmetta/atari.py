@@ -20,8 +20,9 @@ gymnasium's RecordEpisodeStatistics does, `info["episode"] = {"r": score, "l": a
 the mask `info["_episode"]` of the envs whose game ended at that step; the collector and the
 evaluator report these instead of their own sums of training rewards.
 
-Recording (evaluation.video): the first env's game as an mp4 of what the agent sees (the newest
-84x84 frame of each observation); AtariVectorEnv renders nothing itself.
+Recording (evaluation.video): the first env's game as an mp4 in colour, as CleanRL's videos show
+it. AtariVectorEnv renders nothing itself, so a second one of a single game, seeded and stepped as
+the first env (its game is the same, frame for frame), returns the console's 210x160 colour screen.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from cleanmetta.config import ConfigError, import_extra
+from cleanmetta.config import ConfigError, import_extra, read_bool
 from cleanmetta.video import write_mp4
 
 PREFIX = "ALE/"
@@ -48,7 +49,8 @@ class AtariGames(gym.vector.VectorWrapper):
     score in info["episode"] (see the module docstring)."""
 
     def __init__(self, env: gym.vector.VectorEnv, reward_clipping: bool = True, episodic_life: bool = False,
-                 fire_reset: bool = True, record_dir: str | None = None):
+                 fire_reset: bool = True, record_dir: str | None = None, screen: gym.vector.VectorEnv | None = None):
+        """record_dir: record the first env's first game there, from `screen`, the colour twin of that game."""
         super().__init__(env)
         self.reward_clipping, self.episodic_life = reward_clipping, episodic_life
         n = env.num_envs
@@ -59,14 +61,14 @@ class AtariGames(gym.vector.VectorWrapper):
         self.game_over = np.zeros(n, bool)      # the previous step ended the game: this step is ale-py's reset
         actions = [action.name for action in env.unwrapped.ale.get_action_set()]  # e.g. NOOP, FIRE, RIGHT, LEFT
         self.restart_action = actions.index("FIRE") if fire_reset and "FIRE" in actions else actions.index("NOOP")
-        self.record_dir, self.frames = record_dir, None
+        self.record_dir, self.screen, self.frames = record_dir, screen, None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
         self.score[:], self.length[:], self.lives[:] = 0, 0, info["lives"]
         self.life_lost[:], self.game_over[:] = False, False
         if self.record_dir is not None:
-            self.frames = [obs[0, -1]]
+            self.frames = [self.screen.reset(seed=seed, options=options)[0][0, -1]]
         return obs, info
 
     def step(self, actions: np.ndarray):
@@ -86,14 +88,14 @@ class AtariGames(gym.vector.VectorWrapper):
         train_reward = np.sign(reward) if self.reward_clipping else reward
         train_reward = np.where(self.life_lost, 0.0, train_reward)  # an autoreset step's reward is not trained on
         self.life_lost, self.game_over, self.lives = lost, terminated | truncated, lives
-        self._record(obs, game_ended)
+        self._record(actions, game_ended)
         return obs, train_reward.astype(np.float32), terminated | lost, truncated, info
 
-    def _record(self, obs: np.ndarray, game_ended: np.ndarray) -> None:
-        """The first env's first game, frame by frame, written as an mp4 when it ends."""
+    def _record(self, actions: np.ndarray, game_ended: np.ndarray) -> None:
+        """The first env's first game, frame by frame from its colour twin, written as an mp4 when it ends."""
         if self.frames is None:
             return
-        self.frames.append(obs[0, -1])
+        self.frames.append(self.screen.step(actions[:1])[0][0, -1])
         if game_ended[0]:
             self._write_video()
 
@@ -105,6 +107,8 @@ class AtariGames(gym.vector.VectorWrapper):
     def close(self, **kwargs):
         if self.frames is not None and len(self.frames) > 1:  # a game still going when the env closes
             self._write_video()
+        if self.screen is not None:
+            self.screen.close()
         return super().close(**kwargs)
 
 
@@ -113,8 +117,10 @@ def make_atari_vecenv(env_id: str, num_envs: int, kwargs: dict[str, Any],
     """`num_envs` games of `env_id` (an ALE/ id) in ale-py's AtariVectorEnv, wrapped in AtariGames."""
     import_extra("ale_py", "atari", f"env.id={env_id!r}")
     kwargs = dict(kwargs)
-    reward_clipping = bool(kwargs.pop("reward_clipping", True))
-    episodic_life = bool(kwargs.pop("episodic_life", False))
+    # 'false', 'no', 'False' mean False (env_checks.task_kwargs reads AtariVectorEnv's other bools the same way)
+    reward_clipping = read_bool(kwargs.pop("reward_clipping", True), f"env.id={env_id!r}: reward_clipping")
+    episodic_life = read_bool(kwargs.pop("episodic_life", False), f"env.id={env_id!r}: episodic_life")
+    fire_reset = read_bool(kwargs.get("use_fire_reset", True), f"env.id={env_id!r}: use_fire_reset")
     for key in ("autoreset_mode", "life_loss_info", "batch_size"):
         if key in kwargs:
             raise ConfigError(f"env.id={env_id!r}: {key} is cleanmetta's to set (NEXT_STEP autoreset, every env each "
@@ -122,8 +128,13 @@ def make_atari_vecenv(env_id: str, num_envs: int, kwargs: dict[str, Any],
     try:
         env = gym.make_vec(env_id, num_envs, vectorization_mode="vector_entry_point", reward_clipping=False,
                            episodic_life=False, autoreset_mode=AutoresetMode.NEXT_STEP, **kwargs)
+        screen = None
+        if record_dir is not None:  # the first game again, in colour, the console's whole screen
+            screen = gym.make_vec(env_id, 1, vectorization_mode="vector_entry_point", reward_clipping=False,
+                                  episodic_life=False, autoreset_mode=AutoresetMode.NEXT_STEP,
+                                  **{**kwargs, "grayscale": False, "img_height": 210, "img_width": 160, "stack_num": 1})
     except TypeError as err:
         raise ConfigError(f"env.id={env_id!r}: {err} (AtariVectorEnv's arguments: repeat_action_probability, "
                           "frameskip, noop_max, stack_num, img_height, img_width, grayscale, use_fire_reset, "
                           "...)") from None
-    return AtariGames(env, reward_clipping, episodic_life, bool(kwargs.get("use_fire_reset", True)), record_dir)
+    return AtariGames(env, reward_clipping, episodic_life, fire_reset, record_dir, screen)

@@ -41,7 +41,7 @@ import torch
 from gymnasium import spaces
 
 from cleanmetta import distributed
-from cleanmetta.envs import check_autoreset
+from cleanmetta.env_checks import check_autoreset
 from cleanmetta.experience import Experience
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.spaces import check_spaces, observation_layout

@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import inspect
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -145,7 +147,8 @@ class PPOConfig:
     normalize_reward: bool = False
     """divide rewards by the running std of the discounted return, clipped to +-10 (continuous control)."""
     compile: bool = False
-    """torch.compile the minibatch loss: ~20 s to compile, then ~30% faster CPU minibatches (pays past ~0.5M steps)."""
+    """torch.compile the minibatch loss: ~50 s to compile, then CPU minibatches in ~0.6x the time (pays past ~2M
+    CartPole steps; docs/speed.md)."""
     bf16: bool = False
     """run the PPO loss's forward pass in bfloat16 (torch.autocast; parameters, gradients and Adam stay
     float32; V-trace minibatches and custom losses stay float32): for CPUs with AVX512-BF16 or AMX and
@@ -212,13 +215,17 @@ class CheckpointConfig:
     """Saving and resuming."""
 
     interval: int = 50
-    """epochs between checkpoints (policy + trainer state); one is always written at the end."""
+    """epochs between checkpoints (policy + trainer state); one is also written after every evaluation
+    and at the end."""
     resume: bool = True
     """continue from the run directory's last checkpoint when it has one (off: start over; an earlier
     run's files in the directory are moved to RUN.old-N first)."""
     keep: int = 3
-    """trainer states kept (the newest; every saved policy stays): a resume falls back to an older one
-    when the newest does not read back whole."""
+    """trainer states kept (the newest): a resume falls back to an older one when the newest does not
+    read back whole."""
+    keep_policies: int = 5
+    """policies kept: the newest N, plus the best by each simulation's mean return, the pinned (python -m
+    cleanmetta.checkpoint RUN --pin EPOCH) and those of kept trainer states (0: keep every policy)."""
 
 
 @dataclass
@@ -254,12 +261,13 @@ class CurriculumConfig:
     num_active_tasks: int = 64
     """learning_progress: tasks in the pool (Metta: 1000, for runs of billions of steps)."""
     rand_task_rate: float = 0.25
-    """learning_progress: share of draws uniform over the pool."""
+    """learning_progress: share of draws uniform over the pool (Metta declares 0.25 and draws none)."""
     ema_timescale: float = 0.1
-    """learning_progress: rate of the fast EMA of each task's score, per rollout (the slow one: a fifth of it;
-    Metta: 0.001 per 32 episodes, for runs of billions of steps)."""
+    """learning_progress: rate of the fast EMA of each task's mean score, per rollout (the slow one: a fifth of
+    it; Metta: 0.001 per episode of the task, for runs of billions of steps)."""
     exploration_bonus: float = 0.1
-    """learning_progress: the score of a task seen fewer than sample_threshold times."""
+    """learning_progress: the score of a task seen fewer than sample_threshold times (Metta: also the least
+    score of every task)."""
     sample_threshold: int = 10
     """learning_progress: finished episodes before a task is scored by its progress."""
     progress_smoothing: float = 0.05
@@ -270,7 +278,7 @@ class CurriculumConfig:
     """learning_progress: finished episodes before a task may be evicted from the pool."""
     score_ranges: list[str] = field(default_factory=list)
     """learning_progress: 'low..high' episode return of each entry of tasks (or one for all) that scores are
-    normalised by to [0, 1] (empty: the running min and max of each family's tasks' mean returns)."""
+    normalised by to [0, 1] when scored (empty: the running min and max of each family's tasks' mean returns)."""
 
 
 @dataclass
@@ -278,7 +286,8 @@ class TrainingConfig:
     """A whole training run."""
 
     experiment_name: str | None = None
-    """run directory name under log.run_root (None: '<env id>__<seed>__<unix time>')."""
+    """run directory name under log.run_root (None: '<env id>__<seed>__<unix time>', under torchrun
+    '<env id>__<seed>__<torchrun's run id>', with '/' and ':' of the env id as '-')."""
     seed: int = 1
     """seed of python, numpy, torch and the environments."""
     device: str = "auto"
@@ -316,6 +325,11 @@ class TrainingConfig:
     @classmethod
     def from_yaml(cls, path: str) -> TrainingConfig:
         """Read a YAML (or JSON) file, e.g. a run directory's config.json."""
+        if os.path.isdir(path):
+            raise ConfigError(f"{path} is a directory; name a YAML or JSON file (a run's config is RUN/config.json, "
+                              "and --resume RUN continues that run)")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: no such config file")
         with open(path) as f:
             try:
                 data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
@@ -453,6 +467,8 @@ class TrainingConfig:
 
         check(self.checkpoint.interval >= 0, "checkpoint.interval", self.checkpoint.interval, "must be >= 0")
         check(self.checkpoint.keep >= 1, "checkpoint.keep", self.checkpoint.keep, "must be >= 1")
+        check(self.checkpoint.keep_policies >= 0, "checkpoint.keep_policies", self.checkpoint.keep_policies,
+              "must be >= 0 (0 keeps every policy)")
         check(self.evaluation.interval >= 0, "evaluation.interval", self.evaluation.interval, "must be >= 0")
         check(self.evaluation.episodes >= 1, "evaluation.episodes", self.evaluation.episodes, "must be >= 1")
         check(not self.evaluation.video or self.evaluation.interval > 0, "evaluation.video", True,
@@ -522,8 +538,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
+            section, dot, rest = str(key).partition(".")
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {sorted(fields)}"
+            if dot and dataclasses.is_dataclass(hints.get(section)):  # `env.id: X`, a flag's spelling
+                hint = f"nest it under its section: '{prefix}{section}:' then '{rest}: ...' on an indented line below"
+            elif close:
+                hint = f"did you mean '{prefix}{close[0]}'?"
+            else:
+                hint = f"valid keys: {sorted(fields)}"
             raise ConfigError(f"unknown config key '{prefix}{key}'; {hint}")
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
@@ -554,6 +576,8 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
             pass
     if kind is int and isinstance(value, float) and value.is_integer():  # 2e4, 20000.0: exactly an int
         return int(value)
+    if kind is bool and isinstance(value, str):  # "False", "no": as the user meant it, not a truthy string
+        return read_bool(value, name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{name}={value!r} must be of type {kind.__name__}")
     return value
@@ -634,11 +658,57 @@ def _number(text: str) -> int | float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
+PYTHON_CONSTANTS = {"True": True, "False": False, "None": None}
+"""Python's spellings of JSON's true, false and null: a value written either way means the same."""
+
+
 def _json_or_text(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
-        return text
+        return PYTHON_CONSTANTS.get(text.strip(), text)
+
+
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+"""How people write a bool (any case): Python's True/False, JSON's and YAML's true/false, yes/no, on/off, 1/0."""
+
+
+def read_bool(value: Any, where: str) -> bool:
+    """`value`, meant as a bool, as its user wrote it (BOOL_WORDS, or a bool, or the integers 1 and 0);
+    ConfigError for anything else, so that a typo never silently reads as True."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if word not in BOOL_WORDS:
+        raise ConfigError(f"{where}={value!r} must be a bool: true or false (also True/False, yes/no, on/off, 1/0)")
+    return BOOL_WORDS[word]
+
+
+def read_kwargs_for(function: Any, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """`kwargs` for a call of `function` (a class or a function), each value of a parameter that
+    `function` declares a bool (by its annotation or its default) read with read_bool: 'no',
+    'False' and 'off' reach it as False, never as a non-empty string that Python would take as True."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin or C extension without a signature: nothing to read by
+        return dict(kwargs)
+    read = dict(kwargs)
+    for key, value in kwargs.items():
+        parameter = parameters.get(key)
+        if parameter is not None and value is not None and _takes_bool(parameter):
+            read[key] = read_bool(value, f"{where}: {key}")
+    return read
+
+
+def _takes_bool(parameter: inspect.Parameter) -> bool:
+    """Whether a parameter is declared a bool (or a bool or None): by its annotation, written or
+    postponed as a string, or by its default."""
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        names = [part.strip() for part in annotation.replace("Optional[", "").rstrip("]").split("|")]
+    else:
+        names = [getattr(part, "__name__", str(part)) for part in (typing.get_args(annotation) or (annotation,))]
+    return "bool" in names or isinstance(parameter.default, bool)
 
 
 def parse_import(spec: str, what: str) -> tuple[str, str, dict[str, Any]]:

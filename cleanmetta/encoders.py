@@ -1,13 +1,14 @@
 """Observation encoders: the first layers of a network, from what the buffer stores to a feature vector.
 
-- `ImageEncoder`: images `[C, H, W]` or `[H, W, C]` (uint8 scaled to [0, 1]) through a convolutional
-  trunk and a dense layer with ReLU: the Nature-DQN trunk (8x8/4, 4x4/2, 3x3/1) for frames of 36
-  pixels or more, two padded 3x3 convolutions for small grids.
+- `ImageEncoder`: images `[C, H, W]` or `[H, W, C]`, or stacks of them (`[S, H, W, C]`: a FrameStack
+  of RGB frames), uint8 scaled to [0, 1], through a convolutional trunk and a dense layer with ReLU:
+  the Nature-DQN trunk (8x8/4, 4x4/2, 3x3/1) for frames of 36 pixels or more, two padded 3x3
+  convolutions for small grids.
 - `encode_tokens`: MettaGrid's token observations `[num_tokens, 3]` (location, feature, value bytes),
   as a linear layer over their one-hot (feature, location) grid computed from the tokens alone.
 - `MultiInputEncoder`: the flat rows of a structured observation (a Dict, a Tuple, a Discrete, ...;
   spaces.ObservationLayout), one encoder per entry, their outputs concatenated, as SB3's
-  MultiInputPolicy does: image entries (3-dimensional Boxes) through an ImageEncoder, Discrete and
+  MultiInputPolicy does: image entries (`is_image`) through an ImageEncoder, Discrete and
   MultiDiscrete entries one-hot, other Boxes and MultiBinary entries as floats.
 
 The default CartPole run uses none of these: its network (networks.MLPPolicy) reads the flat
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from cleanmetta.config import ConfigError
 from cleanmetta.spaces import ObservationLayout
 
 
@@ -35,9 +37,25 @@ def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -
     return layer
 
 
+def image_layout(shape: tuple[int, ...]) -> tuple[bool, bool] | None:
+    """(stacked, channels_last) of an image observation's shape, None when it is not one.
+
+    An image is [C, H, W], or [H, W, C] when the last axis is the shortest and at most 4 long (RGB
+    frames, MiniGrid's grids); a stack of images (a FrameStack of RGB frames, Atari in colour) is
+    [S, H, W, C] or [S, C, H, W] with C at most 4 and shorter than H and W."""
+    if len(shape) == 3:
+        return False, shape[-1] <= 4 and shape[-1] < min(shape[0], shape[1])
+    if len(shape) == 4:
+        if shape[-1] <= 4 and shape[-1] < min(shape[1], shape[2]):
+            return True, True
+        if shape[1] <= 4 and shape[1] < min(shape[2], shape[3]):
+            return True, False
+    return None
+
+
 def is_image(space: spaces.Space) -> bool:
-    """A Box with three axes: an image or a grid of feature planes."""
-    return isinstance(space, spaces.Box) and len(space.shape) == 3
+    """A Box of images, of grids of feature planes, or of stacks of images (image_layout)."""
+    return isinstance(space, spaces.Box) and image_layout(space.shape) is not None
 
 
 def use_channels_last(convs: nn.Module) -> None:
@@ -51,17 +69,21 @@ def use_channels_last(convs: nn.Module) -> None:
 class ImageEncoder(nn.Module):
     """Images -> conv trunk -> dense layer of `hidden_size` -> ReLU: features [B, hidden_size].
 
-    Images are [C, H, W], or [H, W, C] when the last axis is the shortest and at most 4 long (RGB
-    frames, MiniGrid's grids).
+    Images are [C, H, W] or [H, W, C], or stacks of them, [S, C, H, W] or [S, H, W, C], whose S x C
+    planes (frame by frame) are the trunk's channels (image_layout).
     """
 
     def __init__(self, space: spaces.Box, hidden_size: int):
         super().__init__()
         shape = space.shape
-        if len(shape) != 3:
-            raise ValueError(f"an image encoder needs [C, H, W] or [H, W, C] observations, got shape {shape}")
-        self.channels_last = shape[-1] <= 4 and shape[-1] < min(shape[0], shape[1])
-        channels, height, width = (shape[2], shape[0], shape[1]) if self.channels_last else shape
+        layout = image_layout(shape)
+        if layout is None:
+            raise ConfigError(f"an image encoder needs [C, H, W] or [H, W, C] observations or stacks of them, "
+                              f"got shape {shape}")
+        self.stacked, self.channels_last = layout
+        stack, image = (shape[0], shape[1:]) if self.stacked else (1, shape)
+        channels, height, width = (image[2], image[0], image[1]) if self.channels_last else image
+        channels *= stack
         self.scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
         frames = min(height, width) >= 36
         if frames:
@@ -81,8 +103,10 @@ class ImageEncoder(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float() * self.scale
-        if self.channels_last:
-            x = x.permute(0, 3, 1, 2)
+        if self.channels_last:  # [..., H, W, C] -> [..., C, H, W]
+            x = x.movedim(-1, -3)
+        if self.stacked:  # [B, S, C, H, W] -> [B, S x C, H, W]
+            x = x.flatten(1, 2)
         return F.relu(self.dense(self.trunk(x)))
 
 

@@ -25,16 +25,16 @@ cleanmetta.atari's, on ale-py's native vector env with the game score in info["e
 the cart's position and the pole's angle are seen, so a policy must remember past observations to
 balance the pole (the standard test of recurrent RL). It keeps CartPole's native vector env.
 
-This module owns env construction and the autoreset check (spaces: spaces.py; tasks:
-curriculum.py); stepping is the collector's job.
+This module owns env construction (its checks and one-line errors: env_checks.py; spaces:
+spaces.py; tasks: curriculum.py); stepping is the collector's job.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+import sys
 from functools import partial
-from typing import Callable, Sequence
+from typing import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -42,67 +42,13 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv, CartPoleVectorE
 from gymnasium.vector import AutoresetMode
 
 from cleanmetta import atari, mettagrid_env
-from cleanmetta.config import ConfigError, EnvConfig, import_extra, parse_import
+from cleanmetta.config import ConfigError, EnvConfig, import_extra
 from cleanmetta.curriculum import Curriculum, SingleTaskCurriculum, Task, make_curriculum
+from cleanmetta.env_checks import (Wrapper, check_autoreset, first_reset, load_wrapper, making, register_task,
+                                   task_kwargs)
 from cleanmetta.spaces import UnsupportedEnvError, check_spaces
 from cleanmetta.video import write_mp4
 from cleanmetta.workers import WorkerVecEnv
-
-
-def check_autoreset(vecenv: gym.vector.VectorEnv) -> None:
-    """Raise UnsupportedEnvError unless the vector env resets sub-envs in NEXT_STEP mode."""
-    mode = vecenv.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-    if mode != AutoresetMode.NEXT_STEP:
-        raise UnsupportedEnvError(
-            f"vector env autoreset_mode={mode} is not supported; create it with "
-            "make_vecenv() or pass vector_kwargs={'autoreset_mode': AutoresetMode.NEXT_STEP}"
-        )
-
-
-# Families of ids whose package registers them on import: (package, how to install it).
-KNOWN_PACKAGES = {"ALE/": ("ale_py", 'pip install -e ".[atari]"'), "MiniGrid-": ("minigrid", "pip install minigrid"),
-                  "BabyAI-": ("minigrid", "pip install minigrid")}
-
-
-def register_task(task: Task) -> None:
-    """Import the module that registers task.env_id: the task's own (`module:ID`), else a known family's
-    package when the id is not registered yet. ConfigError with the install command when it is missing."""
-    module, install = task.module, None
-    if module is None and task.env_id not in gym.registry:
-        module, install = next((package for prefix, package in KNOWN_PACKAGES.items()
-                                if task.env_id.startswith(prefix)), (None, None))
-    if module is None:
-        return
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        missing = err.name or module
-        install = install or f"pip install {missing.split('.')[0].replace('_', '-')} (or the package that provides it)"
-        raise ConfigError(f"env.id={task.name!r} needs the module {missing!r}, which is not installed: "
-                          f"{install}") from None
-
-
-Wrapper = Callable[[gym.Env], gym.Env]
-
-
-def load_wrapper(spec: str) -> Wrapper:
-    """An env.wrappers entry 'module:Class[:key=value,...]' as a function env -> wrapped env."""
-    module, name, kwargs = parse_import(spec, "env.wrappers entry")
-    try:
-        wrapper = getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as err:
-        raise ConfigError(f"env.wrappers entry {spec!r}: module {err.name!r} is not installed") from None
-    except AttributeError:
-        raise ConfigError(f"env.wrappers entry {spec!r}: module {module} has no {name!r}") from None
-
-    def wrap(env: gym.Env) -> gym.Env:
-        try:
-            return wrapper(env, **kwargs)
-        except (TypeError, ValueError, KeyError, AssertionError) as err:
-            raise ConfigError(f"env.wrappers entry {spec!r} cannot wrap {env.spec.id if env.spec else env}: "
-                              f"{type(err).__name__}: {err}") from None
-
-    return wrap
 
 
 class CurriculumEnv(gym.Env):
@@ -195,15 +141,24 @@ def make_task_env(task: Task, render_mode: str | None = None, wrappers: Sequence
     """gym.make of one task, then the wrappers in order; render_mode only when asked for (not every env
     takes the argument). A kwarg the env does not take is a ConfigError naming the task."""
     register_task(task)
-    try:
-        env = gym.make(task.env_id, **({"render_mode": render_mode} if render_mode else {}), **task.kwargs)
-    except TypeError as err:
-        if not task.kwargs:
-            raise
-        raise ConfigError(f"task {task.name!r}: {err}; drop that setting or give one the env takes") from None
+    if render_mode == "rgb_array":
+        render_offscreen()
+    with making(task):
+        env = gym.make(task.env_id, **({"render_mode": render_mode} if render_mode else {}), **task_kwargs(task))
     for wrap in wrappers:
         env = wrap(env)
     return env
+
+
+def render_offscreen() -> None:
+    """On a Linux machine without a display, render frames without one: MuJoCo through EGL
+    (MUJOCO_GL=egl; its default tries a window first, then fails), SDL (pygame: classic control,
+    Box2D) to no window and no sound device. Settings the user made win. Called before an env that
+    renders frames is made: MuJoCo reads MUJOCO_GL when it first renders."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        for key, value in (("MUJOCO_GL", "egl"), ("PYOPENGL_PLATFORM", "egl"), ("SDL_VIDEODRIVER", "dummy"),
+                           ("SDL_AUDIODRIVER", "dummy")):
+            os.environ.setdefault(key, value)
 
 
 class RecordVideo(gym.wrappers.RecordVideo):
@@ -248,6 +203,12 @@ def check_recordable(task: str) -> None:
     except gym.error.DependencyNotInstalled as err:
         raise ConfigError(f"--evaluation.video: {parsed.name} cannot render ({err}); its renderer is in the video "
                           'extra: pip install -e ".[video]"') from None
+    except Exception as err:  # e.g. mujoco.FatalError: no OpenGL library for MUJOCO_GL's backend
+        gl = os.environ.get("MUJOCO_GL")
+        raise ConfigError(f"--evaluation.video: {parsed.name} cannot render here ({type(err).__name__}: "
+                          f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})"
+                          + (f"; MUJOCO_GL={gl}: install its OpenGL library (egl: libegl1; osmesa: libosmesa6) "
+                             "or try the other one" if gl else "") + ", or drop the flag") from None
     finally:
         env.close()
 
@@ -285,18 +246,15 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
         vecenv.reset(seed=seed)
         return vecenv
     for t in curriculum.tasks:
-        register_task(t)
+        register_task(t)  # imports what registers the id; refuses an id that is not registered
     if any(atari.is_atari(t.env_id) for t in curriculum.tasks):  # ale-py's native vector env (the atari extra)
         if not curriculum.single or env_config.wrappers or workers:
             raise ConfigError(f"{task.name}: ALE games step in ale-py's own vector env, one game at a time, with "
                               "its own threads: drop curriculum.tasks, env.wrappers and env.num_workers")
-        vecenv = atari.make_atari_vecenv(task.env_id, env_config.num_envs, task.kwargs, record_dir)
+        vecenv = atari.make_atari_vecenv(task.env_id, env_config.num_envs, task_kwargs(task, vector=True), record_dir)
         vecenv.reset(seed=seed)
         return vecenv
-    try:
-        spec = gym.spec(task.env_id)
-    except gym.error.Error as err:
-        raise ConfigError(f"env.id={task.name!r} is not a registered gymnasium environment: {err}") from None
+    spec = gym.spec(task.env_id)
     wrappers = [load_wrapper(wrapper) for wrapper in env_config.wrappers]
 
     mode = env_config.vectorization if record_dir is None else "sync"  # RecordVideo wraps one sub-env
@@ -309,7 +267,7 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
         raise ConfigError(f"env.vectorization='native' but {task.name} has no native vector env (or the curriculum "
                           "has several tasks, or env.wrappers wrap each env); use 'sync' or 'async'")
     next_step = {"autoreset_mode": AutoresetMode.NEXT_STEP}
-    try:  # the env's own imports run here (MuJoCo, Box2D, ...)
+    with making(task):  # the env's own imports run here (MuJoCo, Box2D, ...)
         if record_dir is not None:
             env_fns = ([lambda: make_env(curriculum, "rgb_array", wrappers)]
                        + [lambda: make_env(curriculum, None, wrappers)] * (env_config.num_envs - 1))
@@ -320,19 +278,17 @@ def make_vecenv(env_config: EnvConfig, seed: int, curriculum: Curriculum | None 
                                   **next_step)
         elif mode == "native":
             vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode="vector_entry_point",
-                                  **task.kwargs)
+                                  **task_kwargs(task, vector=True))
         else:
             vecenv = gym.make_vec(task.env_id, env_config.num_envs, vectorization_mode=mode, vector_kwargs=next_step,
-                                  wrappers=wrappers, **task.kwargs)
-    except gym.error.DependencyNotInstalled as err:
-        raise ConfigError(f"env.id={task.name!r} needs a package that is not installed: {err}") from None
+                                  wrappers=wrappers, **task_kwargs(task))
     try:
         check_spaces(vecenv.single_observation_space, vecenv.single_action_space, task.name)
         check_autoreset(vecenv)
-    except UnsupportedEnvError:
+        first_reset(vecenv, seed, lambda: make_env(curriculum, None, wrappers), task.name, env_config.wrappers)
+    except Exception:
         vecenv.close()
         raise
-    vecenv.reset(seed=seed)
     vecenv.action_space.seed(seed)
     if record_dir is not None:  # after the seeding reset: the episode recorded is the first one its user plays
         vecenv.envs[0] = record_first_episode(vecenv.envs[0], record_dir)

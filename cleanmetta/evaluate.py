@@ -15,6 +15,10 @@ From the command line, for the latest (or a chosen) policy of a run:
     python -m cleanmetta.evaluate runs/NAME --policy 120 --episodes 50 --deterministic
     python -m cleanmetta.evaluate runs/NAME --video     # also record each simulation's first episode
 
+The scores are recorded on the policy's record in the run's policies.json (`--no-record`: not),
+where `--policy best:<score>` and PolicyStore.best find them; a policy file outside the run's
+store is evaluated, not recorded. The store's lock makes this safe while the run still trains.
+
 Recording (`video_dir`, train.py's --evaluation.video): the first episode of every simulation, as
 an mp4 for gymnasium envs that render rgb_array frames (gymnasium's RecordVideo, the `video` extra),
 as MettaGrid's replay file (.json.z, for its MettaScope viewer) for MettaGrid. The recorded episode
@@ -33,11 +37,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cleanmetta.checkpoint import CheckpointError, PolicyStore
+from cleanmetta.checkpoint import CheckpointError, PolicyStore, check_policy_spaces
 from cleanmetta.config import ConfigError, EnvConfig, TrainingConfig
 from cleanmetta.curriculum import SingleTaskCurriculum, Task, configured_families
 from cleanmetta.envs import check_recordable, make_vecenv
 from cleanmetta.spaces import observation_layout
+
+
+METTASCOPE_HINT = ("MettaGrid's viewer MettaScope plays it: drop the file on "
+                   "https://metta-ai.github.io/metta/mettascope/mettascope.html, or open that page with "
+                   "?replay=<its URL>")
 
 
 @dataclass
@@ -121,6 +130,13 @@ class PolicyEvaluator:
         # 'sync': the envs a recording needs (RecordVideo wraps one), so recording never changes the episodes
         env_config = EnvConfig(id=sim.task, num_envs=sim.episodes, vectorization="sync", wrappers=sim.wrappers)
         vecenv = make_vecenv(env_config, sim.seed, SingleTaskCurriculum(sim.task), record_dir)
+        if getattr(policy, "spec", None) is not None:  # a saved policy of another env: said now, not by a matmul
+            try:
+                check_policy_spaces(policy, vecenv.single_observation_space, vecenv.single_action_space,
+                                    f"simulation {sim.name!r}: the policy")
+            except CheckpointError as err:
+                vecenv.close()
+                raise CheckpointError(f"{err}; evaluate it on the env it was trained on") from None
         # One episode per env; a multi-agent env (MettaGrid) has several agents per episode, each a row.
         returns = np.zeros(vecenv.num_envs)
         lengths = np.zeros(vecenv.num_envs, np.int64)
@@ -172,10 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--video", action="store_true",
                         help="record each simulation's first episode under RUN_DIR/videos/step_<policy's steps>/")
+    parser.add_argument("--no-record", action="store_true",
+                        help="leave RUN_DIR/policies.json as it is (by default the scores go on the policy's record)")
     args = parser.parse_args(argv)
+    store = PolicyStore(args.run_dir)
     try:
         config = TrainingConfig.from_yaml(f"{args.run_dir}/config.json")
-        record = PolicyStore(args.run_dir).get(args.policy)
+        record = store.get(args.policy)
         evaluator = PolicyEvaluator(suite_from_config(config, args.episodes, args.seed), args.device,
                                     args.deterministic, video_dir(args.run_dir) if args.video else None)
         results = evaluator.evaluate(record.policy.to(args.device), record.agent_steps)
@@ -185,7 +204,20 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(results))
     for result in results.values():
         for path in result.recordings:
-            print(f"recorded {path}")
+            replay = path.endswith(".json.z")
+            print(f"recorded {path}" + (f" (a MettaGrid replay: {METTASCOPE_HINT})" if replay else ""))
+    if args.no_record:
+        return
+    scores = {key: value for name, result in results.items() for key, value in result.scores(name).items()}
+    try:
+        recorded = store.record_scores(record.uri, scores)
+    except (CheckpointError, OSError) as err:
+        sys.exit(f"error: could not record the scores in {store.index_path} ({err}); --no-record evaluates "
+                 "without recording")
+    if recorded is None:
+        print(f"scores not recorded: {record.uri} is not (or no longer) one of the policies in {store.index_path}")
+    else:
+        print(f"scores recorded on epoch {record.epoch}'s record in {store.index_path}")
 
 
 if __name__ == "__main__":

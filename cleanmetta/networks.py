@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from cleanmetta.config import ConfigError
 from cleanmetta.encoders import ImageEncoder, MultiInputEncoder, encode_tokens, is_image, layer_init
 from cleanmetta.fast import sample_categorical
 from cleanmetta.normalize import ObservationNorm
@@ -229,15 +230,16 @@ def make_head(action_space: spaces.Space) -> CategoricalHead | GaussianHead:
 
 class CNNPolicy(Policy):
     """Convolutional trunk -> dense layer of `hidden_size` (encoders.ImageEncoder) -> linear actor and
-    critic heads, for image or grid observations [C, H, W] or [H, W, C] (CleanRL's ppo_atari.py network
-    at hidden_size 512 on 84x84 frames)."""
+    critic heads, for image or grid observations [C, H, W] or [H, W, C], or stacks of them (CleanRL's
+    ppo_atari.py network at hidden_size 512 on 84x84 frames)."""
 
     def __init__(self, observation_space: spaces.Box, action_space: spaces.Space, hidden_size: int = 512,
                  core_size: int | None = None):
         super().__init__()
         if not is_image(observation_space):
-            raise ValueError(f"simple_cnn needs [C, H, W] or [H, W, C] observations, got shape "
-                             f"{observation_space.shape}; use agent.name='mlp' for vector observations")
+            raise ConfigError(f"agent.name='simple_cnn' needs image observations ([C, H, W], [H, W, C] or a stack "
+                              f"of them), but the env's have shape {observation_space.shape}; use --agent.name auto "
+                              "(it picks the network that fits the observations)")
         self.image = ImageEncoder(observation_space, hidden_size)
         self.encoder_size = hidden_size
         self.head = make_head(action_space)
@@ -286,8 +288,9 @@ class TokenPolicy(Policy):
                  core_size: int | None = None):
         super().__init__()
         if len(observation_space.shape) != 2 or observation_space.shape[1] != 3 or observation_space.dtype != np.uint8:
-            raise ValueError(f"token needs uint8 observations [num_tokens, 3], got {observation_space.shape} "
-                             f"{observation_space.dtype}; use agent.name='mlp' or 'simple_cnn'")
+            raise ConfigError(f"agent.name='token' needs MettaGrid's uint8 token observations [num_tokens, 3], "
+                              f"but the env's are {observation_space.shape} {observation_space.dtype}; use "
+                              "--agent.name auto (it picks the network that fits the observations)")
         num_features = int(observation_space.high[..., 1].max()) + 1
         # ~16 tokens of a window are filled: rows of std 1/4 sum to pre-activations of std ~1.
         self.table = nn.Parameter(torch.randn(num_features * 256, hidden_size) / 4)

@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
             raise PlotError(f"--window {args.window} must be >= 1")
         experiments = {label: [read_episodes(run_dir) for run_dir in members]
                        for label, members in group_runs(args.run_dirs).items()}
-        print(plot_curves(experiments, args.out, args.title, args.window))
+        replaced = os.path.exists(args.out)
+        path = plot_curves(experiments, args.out, args.title, args.window)
+        print(f"wrote {path}" + (" (it replaced the file of that name; --out names another)" if replaced else ""))
     except (PlotError, ConfigError) as err:
         sys.exit(f"error: {err}")
 

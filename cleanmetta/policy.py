@@ -18,6 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from cleanmetta.config import AgentConfig, ConfigError
+from cleanmetta.encoders import is_image
 from cleanmetta.lstm import LSTMPolicy, LSTMState, SegmentReplay
 from cleanmetta.networks import (MLP, POLICIES, CategoricalHead, CNNPolicy, GaussianHead, MLPPolicy, MultiInputPolicy,
                                  Policy, TokenPolicy, make_head)
@@ -30,8 +31,9 @@ __all__ = ["CNNPolicy", "CategoricalHead", "GaussianHead", "LSTMPolicy", "LSTMSt
 
 def network_for(agent_config: AgentConfig, observation_space: spaces.Space) -> str:
     """agent.name, with 'auto' resolved from the observation space: multi_input for any space but a Box
-    (Dict, Tuple, Discrete, ...), token for uint8 [num_tokens, 3] (MettaGrid), simple_cnn for
-    [C, H, W] / [H, W, C] images, mlp otherwise."""
+    (Dict, Tuple, Discrete, ...), token for uint8 [num_tokens, 3] (MettaGrid), simple_cnn for images
+    and stacks of images (encoders.is_image), mlp for vectors and 2-axis arrays. A Box of more axes
+    that is no image is refused: flattened, its structure would reach the MLP unseen."""
     if agent_config.name != "auto":
         return agent_config.name
     if not isinstance(observation_space, spaces.Box):
@@ -39,7 +41,13 @@ def network_for(agent_config: AgentConfig, observation_space: spaces.Space) -> s
     shape = observation_space.shape
     if len(shape) == 2 and shape[1] == 3 and observation_space.dtype == np.uint8:
         return "token"
-    return "simple_cnn" if len(shape) == 3 else "mlp"
+    if is_image(observation_space):
+        return "simple_cnn"
+    if len(shape) > 2:
+        raise ConfigError(f"observations of shape {shape} are neither vectors nor images ([C, H, W], [H, W, C] or a "
+                          "stack of them); flatten them with --env.wrappers gymnasium.wrappers:FlattenObservation, "
+                          "or pick a network with --agent.name mlp (it flattens them)")
+    return "mlp"
 
 
 def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:

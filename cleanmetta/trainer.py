@@ -4,9 +4,10 @@ On the default run, train.py takes from here the device, the seeding, the optimi
 (`make_optimizer`: Adam with eps 1e-5, the fused kernel) and the learning rate of each epoch
 (`learning_rate_at`: linear annealing from trainer.learning_rate to 0, CleanRL's schedule).
 
-The helpers (device, seeding, optimiser, learning-rate schedule, run directory, signal handling;
-resume.py: config files, checkpoint save/restore) are shared by train.py's explicit loop and by
-`functional_training_loop`, which runs the same epoch as a replaceable `step_fn`:
+The helpers (device, seeding, optimiser, learning-rate schedule, run directory, signal handling,
+a checkpoint saved when the env or an evaluation raises; resume.py: config files, checkpoint
+save/restore) are shared by train.py's explicit loop and by `functional_training_loop`, which
+runs the same epoch as a replaceable `step_fn`:
 
     state = functional_training_loop(config, config.ppo, policy, curriculum, policy_store,
                                       step_fn=my_step, custom_losses=[my_loss])
@@ -26,6 +27,7 @@ import os
 import random
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -41,6 +43,7 @@ from cleanmetta.curriculum import Curriculum
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
 from cleanmetta.experience import Experience
+from cleanmetta.files import make_directory
 from cleanmetta.log import StatsLogger, start_wandb
 from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.normalize import RewardScaler
@@ -118,7 +121,10 @@ def run_dir_for(config: TrainingConfig) -> str:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none") if distributed.launched_by_torchrun() else "none"
     stamp = run_id[:8] if run_id not in ("", "none") else str(int(time.time()))
     name = config.experiment_name or f"{re.sub(r'[/:]', '-', config.env.id)}__{config.seed}__{stamp}"
-    return distributed.broadcast_object(os.path.join(config.log.run_root, name))  # torchrun: rank 0's clock
+    run_dir = distributed.broadcast_object(os.path.join(config.log.run_root, name))  # torchrun: rank 0's clock
+    if distributed.is_main():  # a path that cannot be written is said now, before anything is built
+        make_directory(run_dir, f"log.run_root={config.log.run_root!r}")
+    return run_dir
 
 
 def num_epochs_for(config: TrainingConfig, experience: Experience) -> int:
@@ -193,6 +199,36 @@ class StopOnSignal:
             signal.signal(signum, handler)
 
 
+class SaveOnError:
+    """`with guard:` around a phase that leaves the weights whole (the rollout, an evaluation): an
+    exception there first saves a checkpoint (`save()`: the run as of its last whole epoch), says so
+    after the traceback, and goes on up, so that `--resume` continues from it instead of from the last
+    periodic checkpoint. Never around the update, where an exception may leave the weights between
+    two optimiser steps. Under torchrun it saves nothing: the other ranks cannot join the save (the
+    last periodic checkpoint stands; distributed.report_failure stops them)."""
+
+    def __init__(self, save: Callable[[], None], run_dir: str):
+        self.save, self.run_dir = save, run_dir
+
+    def __enter__(self) -> SaveOnError:
+        return self
+
+    def __exit__(self, kind, err, traceback) -> bool:
+        if not isinstance(err, (Exception, KeyboardInterrupt)) or distributed.world_size() > 1:
+            return False
+        try:
+            self.save()
+            note = (f"checkpoint saved at the last whole epoch before this {kind.__name__}: python train.py "
+                    f"--resume {self.run_dir} continues from it")  # (or found saved already)
+        except Exception as save_err:  # e.g. a full disk: the checkpoint before it stays in force
+            note = f"no checkpoint saved after this {kind.__name__}: {save_err}"
+        if hasattr(err, "add_note"):  # printed after the traceback (Python 3.11+)
+            err.add_note(note)
+        else:
+            print(note, file=sys.stderr, flush=True)
+        return False
+
+
 # ---- the functional loop ---------------------------------------------------------------------------
 
 @dataclass
@@ -201,7 +237,7 @@ class TrainingState:
     agent_steps: int = 0
     num_epochs: int | None = None
     learning_rate: float = 0.0
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # of the policy as of `epoch` ({} when not evaluated)
     checkpoint_epoch: int | None = None  # epoch of the last checkpoint written
     stop: StopOnSignal = field(default_factory=StopOnSignal)
 
@@ -258,7 +294,8 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
 
 def default_training_step(state: TrainingState, components: TrainingComponents, config: TrainingConfig,
                           experience: Experience) -> dict[str, float]:
-    """One epoch, as train.py runs it: collect, update, log; evaluate and checkpoint when due."""
+    """One epoch, as train.py runs it: collect, update, log; evaluate and checkpoint when due (an
+    evaluated epoch is a checkpoint epoch too)."""
     c = components
     if state.num_epochs is None:  # a fresh TrainingState(): start where the components resumed
         state.epoch, state.agent_steps = c.start_epoch, c.start_agent_steps
@@ -267,7 +304,11 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
     for group in c.optimizer.param_groups:
         group["lr"] = state.learning_rate
 
-    rollout_stats, num_steps = c.collector.collect()
+    saving = SaveOnError(lambda: save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch,
+                                                 state.agent_steps, {}, c.collector.reward_scaler, c.curriculum,
+                                                 if_missing=True), c.checkpointer.checkpoint_dir)
+    with saving:  # an exception in the env: save the run as of its last whole epoch, then go on up
+        rollout_stats, num_steps = c.collector.collect()
     state.agent_steps += num_steps
     curriculum_stats = c.curriculum.update(rollout_stats) if c.curriculum is not None else {}
     set_agent_steps(c.custom_losses, state.agent_steps)
@@ -275,10 +316,12 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
     state.epoch += 1
     c.logger.log_epoch(state.agent_steps, rollout_stats, update_stats, state.learning_rate, curriculum_stats)
 
-    if config.evaluation.interval and state.epoch % config.evaluation.interval == 0:
-        state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps)
+    evaluated = bool(config.evaluation.interval) and state.epoch % config.evaluation.interval == 0
+    with saving:
+        state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps) if evaluated else {}
     last = state.stop.sync() or state.epoch >= state.num_epochs  # torchrun: every rank stops at the same epoch
-    if last or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):
+    # an evaluated policy is saved with its scores, so that best:<score> can choose it
+    if last or evaluated or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):
         save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps, state.scores,
                         c.collector.reward_scaler, c.curriculum)
         state.checkpoint_epoch = state.epoch

@@ -1,3 +1,6 @@
+import builtins
+import importlib
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -6,11 +9,20 @@ from gymnasium import spaces
 
 torch.set_num_threads(1)
 
+EXTRA_MODULES = {"mettagrid": ["mettagrid"], "atari": ["ale_py"], "wandb": ["wandb"], "plot": ["matplotlib"],
+                 "video": ["moviepy", "pygame", "imageio_ffmpeg"], "mujoco": ["mujoco", "imageio"]}
+"""The modules each optional extra of pyproject.toml installs (a test keeps the keys equal to its extras)."""
+OPTIONAL = {module for modules in EXTRA_MODULES.values() for module in modules}
+
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu",
                      help="the torch device of the tests that take the `device` fixture (marked `device`), e.g. "
                           "cuda: python -m pytest -m device --device cuda")
+    parser.addoption("--list-extra-users", metavar="FILE",
+                     help="write to FILE the ids of the tests that import a module of an optional extra (.ci/run "
+                          "then runs them where no extra is installed: each must skip or pass)")
+    parser.addoption("--only-tests", metavar="FILE", help="run only the tests whose ids FILE lists, one a line")
 
 
 def pytest_configure(config):
@@ -20,10 +32,48 @@ def pytest_configure(config):
         raise pytest.UsageError(f"--device {device} but torch.cuda.is_available() is False; use --device cpu")
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if "device" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.device)
+    if config.getoption("--only-tests"):
+        with open(config.getoption("--only-tests")) as f:
+            wanted = set(f.read().splitlines())
+        config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in wanted])
+        items[:] = [item for item in items if item.nodeid in wanted]
+
+
+EXTRA_USERS: set[str] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With --list-extra-users: note the test when it, or a fixture it sets up, imports (or asks import_extra
+    for) an extra's module, whether or not an earlier test imported it first."""
+    if not item.config.getoption("--list-extra-users"):
+        yield
+        return
+    import_statement, import_module = builtins.__import__, importlib.import_module
+
+    def noting(load):
+        def load_and_note(name, *args, **kwargs):
+            if name.partition(".")[0] in OPTIONAL:
+                EXTRA_USERS.add(item.nodeid)
+            return load(name, *args, **kwargs)
+        return load_and_note
+
+    builtins.__import__, importlib.import_module = noting(import_statement), noting(import_module)
+    try:
+        yield
+    finally:
+        builtins.__import__, importlib.import_module = import_statement, import_module
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--list-extra-users")
+    if path:
+        with open(path, "w") as f:
+            f.write("".join(f"{nodeid}\n" for nodeid in sorted(EXTRA_USERS)))
 
 
 @pytest.fixture

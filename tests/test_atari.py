@@ -139,3 +139,10 @@ def test_an_atari_evaluation_records_its_whole_game_without_changing_it(tmp_path
     (path,) = recorded.recordings
     # the game's first observation, then one frame a step
     assert path.endswith("game-0.mp4") and frame_count(path) == recorded.mean_length + 1
+    import imageio_ffmpeg
+
+    frames = imageio_ffmpeg.read_frames(path)
+    meta = next(frames)
+    rgb = np.frombuffer(next(frames), np.uint8).reshape(meta["size"][1], meta["size"][0], 3).astype(int)
+    assert meta["size"] == (160, 210)  # the console's screen, as CleanRL's videos show it, not the 84x84 input
+    assert np.abs(rgb[..., 0] - rgb[..., 1]).max() > 30  # in colour (video encoding blurs grays by a few levels)

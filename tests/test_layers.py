@@ -20,18 +20,21 @@ FLOORS = [  # bottom first
                                                            #   learning progress's maths on task scores
     ["curriculum", "normalize", "experience", "workers", "video"],  # 2 tasks, running statistics, buffers,
                                                            #   env worker processes, mp4 files
-    ["mettagrid_env", "atari"],                            # 3 the optional MettaGrid and Atari vector envs
+    ["mettagrid_env", "atari", "env_checks"],              # 3 the optional MettaGrid and Atari vector envs;
+                                                           #   what building an env checks, one-line errors
     ["envs", "encoders"],                                  # 4 make_vecenv; observation encoders
     ["networks"],                                          # 5 actor-critic networks and action distributions
     ["lstm"],                                              # 6 the LSTM core for any network
     ["policy", "collector", "ppo"],                        # 7 make_policy; rollout, PPO update
-    ["checkpoint", "log"],                                 # 8 files on disk, metrics
-    ["evaluate", "plot", "losses", "resume"],              # 9 scoring (its CLI reads the policy store); curves;
+    ["policy_store"],                                      # 8 checkpoint files, saved policies and their index
+    ["checkpoint", "log"],                                 # 9 trainer states, checkpoints committed whole; metrics
+    ["evaluate", "plot", "losses", "resume"],              # 10 scoring (its CLI reads the policy store); curves;
                                                            #   custom losses (kickstart loads a teacher policy);
                                                            #   config files, checkpoints saved and restored
-    ["trainer", "__init__"],                               # 10 run setup and the functional loop; public names
-    ["train", "examples"],                                 # 11 the training script, examples
-    ["benchmarks"],                                        # 12 measure train.py and the components
+    ["trainer", "cli", "__init__"],                        # 11 run setup and the functional loop; train.py's
+                                                           #   command line; public names
+    ["train", "examples"],                                 # 12 the training script, examples
+    ["benchmarks"],                                        # 13 measure train.py and the components
 ]
 FLOOR = {name: i + 1 for i, names in enumerate(FLOORS) for name in names}
 PACKAGE = os.path.join(ROOT, "cleanmetta")
@@ -148,3 +151,14 @@ def test_the_checker_sees_upward_imports_at_any_depth():
                      "    from cleanmetta import TrainingConfig\n    import numpy\n")
     found = [name for node in ast.walk(tree) for name in imported(node, "config")]
     assert sorted(found) == sorted(["policy", "losses", "trainer", "envs", "log", "train", "__init__"])
+
+
+def test_ci_watches_the_modules_of_every_optional_extra():
+    """tests/conftest.py's EXTRA_MODULES (what .ci/run's [test]-only pass looks for) names every extra."""
+    import tomllib
+
+    from conftest import EXTRA_MODULES
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert set(EXTRA_MODULES) == set(extras) - {"test"}

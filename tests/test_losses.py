@@ -244,7 +244,7 @@ def test_a_teacher_of_another_env_or_with_an_lstm_is_refused(tmp_run_root, teach
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert f"error: ppo.kickstart_teacher={teacher_run!r}: " in out.stderr
-    assert "saved for observation space Box" in out.stderr and "kickstart from a policy trained on the same env" in out.stderr
+    assert "was saved for observations Box(" in out.stderr and "kickstart from a policy trained on the same env" in out.stderr
 
     obs_space, action_space = spaces.Box(-1, 1, (4,)), spaces.Discrete(2)
     recurrent = make_policy(AgentConfig(lstm_size=8), obs_space, action_space)

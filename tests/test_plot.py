@@ -79,6 +79,10 @@ def test_plot_command_draws_a_png_from_two_runs(tmp_run_root):
         assert f.read(8) == PNG_SIGNATURE
     height, width, _ = matplotlib.image.imread(out).shape
     assert width > height > 200  # two panels side by side
+    assert done.stdout.strip() == f"wrote {out}"
+    again = subprocess.run([sys.executable, "-m", "cleanmetta.plot", runs[0], "--out", out], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "replaced the file of that name" in again.stdout  # never silently
 
 
 @needs_matplotlib
@@ -117,6 +121,7 @@ def test_without_matplotlib_plotting_stops_with_the_install_command(tmp_path, mo
         plot_curves({"a": [np.array([[1.0, 1.0, 1.0]])]}, str(tmp_path / "c.png"))
 
 
+@needs_matplotlib
 def test_long_labels_go_under_the_panels_and_never_cover_them():
     runs = [np.array([[i * 10, i, i] for i in range(1, 30)], float)]
     labels = [", ".join(f"ppo.setting_{k}={k * n}" for k in range(5)) for n in (1, 2, 3)]

@@ -87,7 +87,7 @@ def test_simple_cnn_handles_grids_and_frames(shape):
 
 
 def test_simple_cnn_rejects_vector_observations():
-    with pytest.raises(ValueError, match="simple_cnn needs .* use agent.name='mlp'"):
+    with pytest.raises(ValueError, match="agent.name='simple_cnn' needs image observations .* use --agent.name auto"):
         make_policy(AgentConfig(name="simple_cnn"), BOX4, spaces.Discrete(2))
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import train
-from cleanmetta.config import AgentConfig, ConfigError, EnvConfig, small_fast_config
+from cleanmetta.config import AgentConfig, ConfigError, EnvConfig, mettagrid_config, small_fast_config
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, Simulation
 from cleanmetta.evaluate import main as evaluate_main
@@ -109,6 +109,20 @@ def test_mettagrid_evaluation_writes_mettagrids_own_replay(tmp_path):
         replay = json.loads(zlib.decompress(f.read()))
     assert replay["num_agents"] == 4 and replay["max_steps"] == 200
     assert replay["action_names"] and replay["objects"]
+
+
+@needs_mettagrid
+def test_the_evaluate_command_names_the_viewer_of_a_mettagrid_replay(tmp_run_root, capsys):
+    config = mettagrid_config()
+    config.env.num_envs, config.trainer.num_steps, config.trainer.total_timesteps = 2, 16, 128
+    config.experiment_name = "grid"
+    config.log.run_root, config.log.tensorboard, config.log.console_interval = tmp_run_root, False, 1e9
+    train.main(config)
+    evaluate_main([os.path.join(tmp_run_root, "grid"), "--episodes", "1", "--video"])
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("recorded ")]
+    assert line.endswith(".json.z (a MettaGrid replay: MettaGrid's viewer MettaScope plays it: drop the file on "
+                         "https://metta-ai.github.io/metta/mettascope/mettascope.html, or open that page with "
+                         "?replay=<its URL>)")
 
 
 def test_video_without_evaluations_is_a_config_error():
