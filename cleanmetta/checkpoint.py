@@ -46,12 +46,16 @@ def trainer_state_path(run_dir: str, epoch: int) -> str:
     return os.path.join(run_dir, TRAINER_STATES, f"trainer_state_{epoch:06d}.pt")
 
 
+def trainer_states(run_dir: str) -> list[tuple[int, str]]:
+    """(epoch, path) of every trainer state saved in `run_dir`, newest first."""
+    paths = glob.glob(os.path.join(glob.escape(run_dir), TRAINER_STATES, "trainer_state_*.pt"))
+    return sorted(((int(m.group(1)), path) for path in paths
+                   if (m := re.fullmatch(r"trainer_state_(\d+)\.pt", os.path.basename(path)))), reverse=True)
+
+
 def trainer_state_paths(run_dir: str, after: int = -1) -> list[str]:
     """The trainer states saved in `run_dir` (those of epochs after `after`), newest first."""
-    paths = glob.glob(os.path.join(glob.escape(run_dir), TRAINER_STATES, "trainer_state_*.pt"))
-    numbered = [(int(m.group(1)), path) for path in paths
-                if (m := re.fullmatch(r"trainer_state_(\d+)\.pt", os.path.basename(path)))]
-    return [path for epoch, path in sorted(numbered, reverse=True) if epoch > after]
+    return [path for epoch, path in trainer_states(run_dir) if epoch > after]
 
 
 # ---- the run directory --------------------------------------------------------------------------
@@ -299,13 +303,11 @@ def main(argv: list[str] | None = None) -> None:
             if selector is not None:
                 record = store.pin(selector, pinned)
                 print(f"{'pinned' if pinned else 'unpinned'} epoch {record.epoch}: {record.uri}")
+        store.latest()  # a run with no saved policy is an error naming the index
         records = store.records()
-        if not records:
-            raise CheckpointError(f"{args.run_dir}: no saved policies (no {store.index_path})")
     except CheckpointError as err:
         sys.exit(f"error: {err}")
-    states = {int(m.group(1)) for path in trainer_state_paths(args.run_dir)
-              if (m := re.fullmatch(r"trainer_state_(\d+)\.pt", os.path.basename(path)))}
+    states = {epoch for epoch, _ in trainer_states(args.run_dir)}
     for r in records:
         notes = ", ".join((["pinned"] if r.pinned else []) + (["trainer state"] if r.epoch in states else []))
         scores = "  ".join(f"{name} {value:.2f}" for name, value in r.scores.items() if name.endswith("/mean_return"))

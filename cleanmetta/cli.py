@@ -103,11 +103,15 @@ def read_flag_values(argv: list[str]) -> list[str]:
                 section, dot, name = flag[2:].rpartition(".")
                 flag = flag if read_bool(value, flag) else f"--{section}{dot}no-{name.replace('_', '-')}"
             out.append(flag)
-        elif kind in (int, int | None) and equals and _integer(value) is not None:
-            out.append(f"{flag}={_integer(value)}")
-        elif kind in (int, int | None) and not equals and i + 1 < len(argv) and _integer(argv[i + 1]) is not None:
-            out += [flag, _integer(argv[i + 1])]
-            i += 1
+        elif kind in (int, int | None):
+            number = _integer(value if equals else argv[i + 1] if i + 1 < len(argv) else "")
+            if number is None:  # plain digits, or no integer at all: tyro reads or refuses it
+                out.append(argv[i])
+            elif equals:
+                out.append(f"{flag}={number}")
+            else:
+                out += [flag, number]
+                i += 1
         else:
             out.append(argv[i])
         i += 1

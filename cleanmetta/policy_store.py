@@ -155,10 +155,7 @@ class PolicyStore:
         return record
 
     def latest(self) -> PolicyRecord:
-        records = self.records()
-        if not records:
-            raise CheckpointError(f"{self.directory}: no saved policies (no {self.index_path})")
-        return records[-1]
+        return self._select(self.records(), "latest")
 
     def best(self, metric: str) -> PolicyRecord:
         """The record with the highest score `metric` (e.g. 'CartPole-v1/mean_return')."""
@@ -213,25 +210,23 @@ class PolicyStore:
             kept = {r.uri for r in records[-keep_newest:]}
             kept |= {r.uri for r in records if r.pinned or any(self._is(r, path) for path in also_keep)}
             kept |= {best_of(records, metric).uri for metric in metrics}
-            removed = [r for r in records if r.uri not in kept]
-            if removed:
-                self._write([r for r in records if r.uri in kept])
-            for record in removed:
-                if os.path.exists(record.uri):
-                    os.remove(record.uri)
-        return removed
+            return self._remove(records, [r for r in records if r.uri not in kept])
 
     def remove_after(self, epoch: int) -> list[PolicyRecord]:
         """Drop the records (and files) of policies saved after `epoch`; return them. A resumed run
         does this for the epochs it is about to train again."""
         with self.locked():
             records = self.records()
-            removed = [r for r in records if r.epoch > epoch]
-            if removed:
-                self._write([r for r in records if r.epoch <= epoch])
-                for record in removed:
-                    if os.path.exists(record.uri):
-                        os.remove(record.uri)
+            return self._remove(records, [r for r in records if r.epoch > epoch])
+
+    def _remove(self, records: list[PolicyRecord], removed: list[PolicyRecord]) -> list[PolicyRecord]:
+        """Write the index without `removed`, then delete their files (the lock held): a kill between
+        the two leaves files without a record, never a record without its file."""
+        if removed:
+            self._write([r for r in records if r not in removed])
+            for record in removed:
+                if os.path.exists(record.uri):
+                    os.remove(record.uri)
         return removed
 
     @contextmanager
