@@ -34,12 +34,13 @@ from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
 from cleanmetta.experience import Experience
 from cleanmetta.log import StatsLogger, start_wandb
 from cleanmetta.losses import make_custom_losses, set_agent_steps
+from cleanmetta.optimizers import averaged_weights, make_optimizer, set_learning_rate
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
 from cleanmetta.resume import finished, restore_checkpoint, save_checkpoint
 from cleanmetta.trainer import (SaveOnError, StopOnSignal, announce, evaluate_and_log, join_process_group,
-                                learning_rate_at, make_optimizer, make_reward_scaler, num_epochs_for, planned_steps,
-                                rank_seed, run_dir_for, seed_everything)
+                                learning_rate_at, make_reward_scaler, num_epochs_for, planned_steps, rank_seed,
+                                run_dir_for, seed_everything)
 
 
 def main(config: TrainingConfig) -> dict:
@@ -88,8 +89,7 @@ def main(config: TrainingConfig) -> dict:
     with StopOnSignal() as stop:
         while epoch < num_epochs and not stop.requested:
             learning_rate = learning_rate_at(config.trainer, epoch, num_epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
+            set_learning_rate(optimizer, learning_rate)
 
             with saving:
                 rollout_stats, num_steps = collector.collect()
@@ -102,7 +102,8 @@ def main(config: TrainingConfig) -> dict:
 
             evaluated = bool(config.evaluation.interval) and epoch % config.evaluation.interval == 0
             with saving:  # the scores of the policy as of `epoch` ({} when not evaluated)
-                scores = evaluate_and_log(evaluator, policy, logger, agent_steps) if evaluated else {}
+                with averaged_weights(optimizer, when=evaluated):  # schedule-free: evaluate its averaged weights
+                    scores = evaluate_and_log(evaluator, policy, logger, agent_steps) if evaluated else {}
             last = stop.sync() or epoch >= num_epochs  # torchrun: a signal to any rank stops all at this epoch
             # an evaluated policy is saved with its scores, so that best:<score> can choose it
             if last or evaluated or (config.checkpoint.interval and epoch % config.checkpoint.interval == 0):

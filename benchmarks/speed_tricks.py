@@ -137,7 +137,7 @@ def compile_pair() -> tuple[float, object, object]:
 
     def loss_backward(ppo: PPOOptimizer):
         def run():
-            ppo.minibatch_loss(*minibatch).total_loss.backward()
+            ppo.minibatch_loss(*minibatch)[0].total_loss.backward()
         return run
 
     eager = loss_backward(PPOOptimizer(policy, optimizer, "cpu", PPOConfig()))

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from cleanmetta.files import fsync_dir
+from cleanmetta.imports import import_path, importable
 # also re-exported: `from cleanmetta.checkpoint import PolicyStore, CheckpointError, load_policy_file` works
 from cleanmetta.policy_store import (CheckpointError, PolicyRecord, PolicyStore, check_policy_spaces, load_checkpoint,
-                                     load_policy_file, save_checkpoint)
+                                     load_policy_file, save_checkpoint, unbuildable)
 
 TRAINER_STATES = "trainer_states"
 
@@ -151,6 +152,7 @@ class TrainingCheckpointer:
         self.wandb_run = wandb_run  # optional: every saved policy is also logged to it as a model artifact
         self.keep = keep
         self.last_policy: PolicyRecord | None = None
+        self.warned = False  # about a policy saved without a spec
 
     def policy_path(self, epoch: int) -> str:
         return os.path.normpath(os.path.join(self.checkpoint_dir, "policies", f"policy_{epoch:06d}.pt"))
@@ -171,9 +173,7 @@ class TrainingCheckpointer:
         metadata = dict(metadata or {})
         agent_steps = int(metadata.pop("agent_steps", 0))
         scores = metadata.pop("scores", {})
-        spec = getattr(policy, "spec", None)
-        if spec is None:
-            raise CheckpointError("the policy has no .spec; build it with cleanmetta.policy.make_policy()")
+        spec = self.spec_or_warn(policy)
         path = self.policy_path(epoch)
         state_dict = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
         save_checkpoint({"spec": spec, "state_dict": state_dict, "epoch": epoch, "agent_steps": agent_steps,
@@ -182,6 +182,20 @@ class TrainingCheckpointer:
         if self.wandb_run is not None:
             self._log_artifact(self.last_policy)
         return self.policy_store.add(self.last_policy)
+
+    def spec_or_warn(self, policy: torch.nn.Module) -> dict[str, Any]:
+        """The policy's spec (make_policy's); for a network the user built, its class instead, with a
+        one-line warning (once): its weights are saved and resume, but nothing else can rebuild it."""
+        spec = getattr(policy, "spec", None)
+        if spec is not None:
+            return spec
+        cls = type(policy)
+        spec = {"class": import_path(cls), "importable": importable(cls)}
+        if not self.warned:
+            print(f"warning: {cls.__name__} was not built by cleanmetta: {unbuildable(spec)}. Its checkpoints keep "
+                  "its weights, and this script's --resume loads them", file=sys.stderr, flush=True)
+            self.warned = True
+        return spec
 
     def save_trainer_state(self, agent_step: int, epoch: int, optimizer_state: dict[str, Any], run_dir: str,
                            **extra: Any) -> str:
@@ -278,6 +292,15 @@ class TrainingCheckpointer:
             check_policy_spaces(record.policy, getattr(env, "single_observation_space", None) or env.observation_space,
                                 getattr(env, "single_action_space", None) or env.action_space, record.uri)
         return record
+
+    def policy_weights(self, checkpoint: dict[str, Any], env: Any) -> dict[str, torch.Tensor]:
+        """The weights of a trainer state's policy file, checked against `env`'s spaces (as load_policy
+        does) but without building its network: a resume loads them into the policy it built itself,
+        a network cleanmetta cannot rebuild (spec_or_warn) too."""
+        record = self.policy_store.get(checkpoint.get("policy_uri", "latest"))
+        data = load_checkpoint(record.uri, "policy")
+        check_policy_spaces(data["spec"], env.single_observation_space, env.single_action_space, record.uri)
+        return data["state_dict"]
 
     def _log_artifact(self, record: PolicyRecord) -> None:
         """The policy file as a wandb model artifact `policy-<run id>`, a new version per save, aliased

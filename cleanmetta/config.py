@@ -45,7 +45,9 @@ def import_extra(module: str, extra: str, feature: str) -> Any:
 NetworkName = Literal["auto", "mlp", "simple_cnn", "token", "multi_input"]
 """policy.POLICIES' networks, and 'auto' (chosen from the observation space)."""
 CustomLossName = Literal["curiosity", "diversity", "kickstart"]
-"""losses.CUSTOM_LOSSES' losses."""
+"""losses.CUSTOM_LOSSES' losses (ppo.custom_losses also takes import paths)."""
+OptimizerName = Literal["adam", "adamw", "muon", "schedulefree"]
+"""optimizers.OPTIMIZERS' optimisers (trainer.optimizer also takes import paths)."""
 LRScheduleName = Literal["linear", "cosine"]
 """trainer.learning_rate_at's decays."""
 CurriculumName = Literal["random", "learning_progress"]
@@ -92,6 +94,9 @@ class AgentConfig:
     """mlp: standardise observations by their running mean and std, clipped to +-10 (saved with the policy)."""
     lstm_size: int = 0
     """units of an LSTM between the network's encoder and its actor and critic heads (0: no LSTM, feedforward)."""
+    network: str = ""
+    """a network of your own by import path 'module:Class[:key=value,...]', built as Class(envs, **kwargs) (envs
+    has single_observation_space and single_action_space, as in CleanRL); replaces agent.name (docs/customizing.md)."""
 
 
 @dataclass
@@ -114,7 +119,14 @@ class TrainerConfig:
     lr_warmup: float = 0.0
     """fraction of the run's epochs over which the learning rate first rises linearly to learning_rate (0: none)."""
     adam_eps: float = 1e-5
-    """Adam epsilon (1e-5 as in the reference implementations, not torch's 1e-8)."""
+    """Adam epsilon of adam, adamw, muon's AdamW part and schedulefree (1e-5 as in the reference implementations,
+    not torch's 1e-8)."""
+    optimizer: str = "adam"
+    """'adam', 'adamw', 'muon' (Muon for the hidden 2-D weights, AdamW for the rest), 'schedulefree' (schedule-free
+    AdamW, pip install -e ".[schedulefree]"), or a torch optimizer by import path 'module:Class[:key=value,...]',
+    built as Class(params, lr=trainer.learning_rate, **kwargs)."""
+    weight_decay: float = 0.0
+    """weight decay: decoupled for adamw, muon and schedulefree; adam's L2 penalty (torch.optim.Adam's)."""
 
 
 @dataclass
@@ -167,8 +179,9 @@ class PPOConfig:
     to this power (0: the uniform shuffle)."""
     prio_beta0: float = 0.6
     """prioritized minibatches: exponent of the importance weights (S p)^-beta at the start, annealed to 1."""
-    custom_losses: list[CustomLossName] = field(default_factory=list)
-    """extra losses added to every minibatch, by name (the table in cleanmetta/losses.py)."""
+    custom_losses: list[str] = field(default_factory=list)
+    """extra losses added to every minibatch: 'curiosity', 'diversity', 'kickstart' (cleanmetta/losses.py), or a loss
+    of your own by import path 'module:function[:key=value,...]' (docs/customizing.md)."""
     curiosity_coef: float = 0.01
     """weight of the 'curiosity' loss (surprise-weighted entropy bonus)."""
     diversity_coef: float = 0.01
@@ -405,6 +418,15 @@ class TrainingConfig:
         check(self.agent.lstm_size >= 0, "agent.lstm_size", self.agent.lstm_size, "must be >= 0 (0: no LSTM)")
         check(not self.agent.normalize_obs or self.agent.name in ("mlp", "auto"), "agent.normalize_obs", True,
               f"is for agent.name='mlp' (vector observations), not {self.agent.name!r}; drop the flag")
+        if self.agent.network:
+            try:
+                parse_import(self.agent.network, "agent.network")
+            except ConfigError as err:
+                errors.append(str(err))
+            for name, value, default in (("name", self.agent.name, "auto"), ("lstm_size", self.agent.lstm_size, 0),
+                                         ("normalize_obs", self.agent.normalize_obs, False)):
+                check(value == default, f"agent.{name}", value, "is for cleanmetta's networks, not agent.network="
+                      f"{self.agent.network!r}; drop one of the two")
 
         trainer = self.trainer
         check(trainer.total_timesteps >= 1, "trainer.total_timesteps", trainer.total_timesteps, "must be >= 1")
@@ -415,6 +437,15 @@ class TrainingConfig:
         check(isinstance(trainer.lr_warmup, (int, float)) and 0 <= trainer.lr_warmup < 1, "trainer.lr_warmup",
               trainer.lr_warmup, "must be a fraction of the run in [0, 1)")
         positive("trainer.adam_eps", trainer.adam_eps)
+        non_negative("trainer.weight_decay", trainer.weight_decay)
+        check(trainer.optimizer in typing.get_args(OptimizerName) or ":" in trainer.optimizer, "trainer.optimizer",
+              trainer.optimizer, f"must be one of {list(typing.get_args(OptimizerName))} or an optimizer class by "
+              "import path 'module:Class', e.g. 'torch.optim:SGD:momentum=0.9'")
+        try:
+            if ":" in trainer.optimizer:
+                parse_import(trainer.optimizer, "trainer.optimizer")
+        except ConfigError as err:
+            errors.append(str(err))
 
         ppo = self.ppo
         check(0 < ppo.gamma <= 1, "ppo.gamma", ppo.gamma, "must be in (0, 1]")
@@ -447,8 +478,15 @@ class TrainingConfig:
             positive("ppo.target_kl", ppo.target_kl)
 
         for name in ppo.custom_losses:
-            check(name in typing.get_args(CustomLossName), "ppo.custom_losses", ppo.custom_losses,
-                  f"names unknown loss {name!r}; choose from {sorted(typing.get_args(CustomLossName))}")
+            check(name in typing.get_args(CustomLossName) or ":" in name, "ppo.custom_losses", ppo.custom_losses,
+                  f"names unknown loss {name!r}; choose from {sorted(typing.get_args(CustomLossName))} or name "
+                  "one of your own by import path 'module:function'")
+        try:  # the grammar of the losses named by import path
+            for name in ppo.custom_losses:
+                if ":" in name:
+                    parse_import(name, "ppo.custom_losses entry")
+        except ConfigError as err:
+            errors.append(str(err))
         check(len(set(ppo.custom_losses)) == len(ppo.custom_losses), "ppo.custom_losses", ppo.custom_losses,
               "lists a loss twice")
         non_negative("ppo.curiosity_coef", ppo.curiosity_coef)

@@ -25,8 +25,9 @@ import numpy as np
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AutoresetMode
 
-from cleanmetta.config import ConfigError, parse_import, read_kwargs_for
+from cleanmetta.config import ConfigError, read_kwargs_for
 from cleanmetta.curriculum import Task
+from cleanmetta.imports import load_object
 from cleanmetta.spaces import UnsupportedEnvError
 
 
@@ -141,13 +142,7 @@ Wrapper = Callable[[gym.Env], gym.Env]
 
 def load_wrapper(spec: str) -> Wrapper:
     """An env.wrappers entry 'module:Class[:key=value,...]' as a function env -> wrapped env."""
-    module, name, kwargs = parse_import(spec, "env.wrappers entry")
-    try:
-        wrapper = getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as err:
-        raise ConfigError(f"env.wrappers entry {spec!r}: module {err.name!r} is not installed") from None
-    except AttributeError:
-        raise ConfigError(f"env.wrappers entry {spec!r}: module {module} has no {name!r}") from None
+    wrapper, kwargs = load_object(spec, "env.wrappers entry")
 
     def wrap(env: gym.Env) -> gym.Env:
         try:

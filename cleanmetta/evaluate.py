@@ -190,8 +190,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="record each simulation's first episode under RUN_DIR/videos/step_<policy's steps>/")
     parser.add_argument("--no-record", action="store_true",
                         help="leave RUN_DIR/policies.json as it is (by default the scores go on the policy's record)")
+    parser.add_argument("--trust", action="append", default=[], metavar="MODULE",
+                        help="a module a policy file's own network may be imported from (the run's own "
+                             "agent.network is trusted already); repeatable")
     args = parser.parse_args(argv)
-    store = PolicyStore(args.run_dir)
+    store = PolicyStore(args.run_dir, trust=args.trust)
     try:
         config = TrainingConfig.from_yaml(f"{args.run_dir}/config.json")
         record = store.get(args.policy)

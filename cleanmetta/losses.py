@@ -2,6 +2,13 @@
 
 A custom loss is any `fn(policy, obs, actions, rewards, values, advantages) -> scalar tensor`;
 PPOOptimizer.update adds it to the PPO loss on every minibatch and reports it under fn.__name__.
+One that also declares `outputs` gets what the PPO pass computed (ppo.PolicyOutputs). Besides the
+names below, `--ppo.custom-losses` takes a loss of one's own by import path (`load_loss`):
+
+    python train.py --ppo.custom-losses my_losses:logit_l2:coef=0.0001
+
+'module:function' is the loss itself, its `:key=value` settings passed on every call as keyword
+arguments; 'module:Class[:key=value]' is built once, Class(**kwargs), and called as the loss.
 
 - kickstart (Kickstarter): distil a trained teacher while learning (Schmitt et al. 2018, as
   Metta's trainer does). The student is pulled towards the teacher's action distribution (KL from
@@ -27,6 +34,8 @@ are negative when they reward exploration, since the optimiser minimises the sum
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from typing import Any, Callable
 
@@ -36,15 +45,18 @@ from gymnasium import spaces
 from cleanmetta import distributed
 from cleanmetta.checkpoint import CheckpointError, PolicyStore, check_policy_spaces, load_policy_file
 from cleanmetta.config import ConfigError, PPOConfig
+from cleanmetta.imports import asks_for, check_call, load_object
 from cleanmetta.networks import CategoricalHead, Policy, entropy_of
+from cleanmetta.ppo import loss_name
+from cleanmetta.protocol import has_distribution
 
 CustomLoss = Callable[..., torch.Tensor]
 
 
 def _logits(policy, obs: torch.Tensor) -> torch.Tensor:
-    if not isinstance(policy.head, CategoricalHead):
+    if has_distribution(policy) and not isinstance(policy.head, CategoricalHead):
         raise TypeError("the curiosity and diversity losses need a Discrete or MultiDiscrete action space")
-    return policy(obs)[0]
+    return policy(obs)[0]  # a network without distribution parameters says so (protocol.NetworkPolicy)
 
 
 def make_curiosity_loss(coef: float) -> CustomLoss:
@@ -85,8 +97,9 @@ def action_kl(teacher: Policy, teacher_params: torch.Tensor, student: Policy, st
 def load_teacher(path: str, observation_space: spaces.Space, action_space: spaces.Space,
                  device: torch.device | str = "cpu") -> Policy:
     """The teacher network of `path`, a run directory (its latest saved policy) or a policy file,
-    frozen and checked against the student's spaces. Under torchrun rank 0 reads it and sends it to
-    the others (their machines need no copy)."""
+    frozen and checked against the student's spaces (a network of one's own loads as
+    policy_store.load_policy_file allows). Under torchrun rank 0 reads it and sends it to the others
+    (their machines need no copy)."""
     teacher = distributed.on_main(_read_teacher, path, observation_space, action_space)
     return teacher.to(device).eval().requires_grad_(False)
 
@@ -122,14 +135,23 @@ class Kickstarter:
         fade = max(0.0, 1.0 - self.agent_steps / self.steps)
         return self.action_coef * fade, self.value_coef * fade
 
-    def __call__(self, policy, obs, actions, rewards, values, advantages) -> torch.Tensor:
+    def __call__(self, policy, obs, actions, rewards, values, advantages, outputs=None) -> torch.Tensor:
         action_coef, value_coef = self.coefficients()
         if action_coef == 0 and value_coef == 0:  # faded out: no teacher forward pass
             return torch.zeros((), device=obs.device)
-        with torch.no_grad():
-            teacher_params, teacher_value = self.teacher(obs)
-        params, value = policy(obs)
-        action_loss = action_kl(self.teacher, teacher_params, policy, params).mean()
+        if has_distribution(self.teacher) and has_distribution(policy):  # the KL in closed form
+            with torch.no_grad():
+                teacher_params, teacher_value = self.teacher(obs)
+            if outputs is not None and outputs.params is not None:  # the PPO pass's: no second student forward
+                params, value = outputs.params.float(), outputs.values.float()
+            else:
+                params, value = policy(obs)
+            action_loss = action_kl(self.teacher, teacher_params, policy, params).mean()
+        else:  # a network of CleanRL's protocol: the KL estimated at the teacher's sampled actions
+            with torch.no_grad():
+                teacher_actions, teacher_logprobs, _, teacher_value = self.teacher.get_action_and_value(obs)
+            _, logprobs, _, value = policy.get_action_and_value(obs, teacher_actions)
+            action_loss = (teacher_logprobs - logprobs).mean()  # E_teacher[log t(a) - log s(a)]: its gradient is exact
         value_loss = 0.5 * (value - teacher_value).pow(2).mean()
         return action_coef * action_loss + value_coef * value_loss
 
@@ -157,18 +179,42 @@ CUSTOM_LOSSES: dict[str, Callable[..., CustomLoss]] = {
 }
 
 
+def load_loss(spec: str) -> CustomLoss:
+    """A loss of one's own by import path: 'module:function[:key=value,...]' (the settings passed as
+    keyword arguments on every call) or 'module:Class[:key=value,...]' (built once). Refused before
+    training, in one line, when it cannot take Metta's six arguments or the settings."""
+    what = f"ppo.custom_losses entry {spec!r}"
+    obj, kwargs = load_object(spec, what)
+    if inspect.isclass(obj):
+        check_call(obj, (), kwargs, what)
+        obj, kwargs = obj(**kwargs), {}
+    if not callable(obj):
+        raise ConfigError(f"{what} is a {type(obj).__name__}, not a function or class")
+    extra = {"outputs": None} if asks_for(obj, "outputs") else {}
+    check_call(obj, (None,) * 6, {**kwargs, **extra}, f"{what} called as fn(policy, obs, actions, rewards, values, "
+                                                    "advantages)")
+    if not kwargs:
+        return obj
+    loss = functools.partial(obj, **kwargs)
+    loss.__name__ = loss_name(obj)
+    return loss
+
+
 def make_custom_losses(ppo_config: PPOConfig, vecenv: Any = None, device: torch.device | str = "cpu"
                        ) -> list[CustomLoss]:
-    """The losses named in ppo_config.custom_losses, built from its settings. `vecenv` (its single_*
-    spaces) and `device` are for the losses that load a network: kickstart's teacher."""
+    """The losses named in ppo_config.custom_losses (by name, or by import path: load_loss), built from
+    its settings. `vecenv` (its single_* spaces) and `device` are for the losses that load a network:
+    kickstart's teacher."""
     for name in ppo_config.custom_losses:
-        if name not in CUSTOM_LOSSES:
+        if name not in CUSTOM_LOSSES and ":" not in name:
             raise ConfigError(f"ppo.custom_losses={ppo_config.custom_losses} names unknown loss {name!r}; "
-                              f"choose from {sorted(CUSTOM_LOSSES)}")
+                              f"choose from {sorted(CUSTOM_LOSSES)} or name one of your own by import path "
+                              "'module:function'")
     if "kickstart" in ppo_config.custom_losses and (vecenv is None or ppo_config.kickstart_teacher is None):
         raise ConfigError("the kickstart loss needs ppo.kickstart_teacher and the student's env: "
                           "make_custom_losses(ppo_config, vecenv, device)")
     observation_space = getattr(vecenv, "single_observation_space", None)
     action_space = getattr(vecenv, "single_action_space", None)
-    return [CUSTOM_LOSSES[name](ppo_config, observation_space, action_space, device)
+    return [load_loss(name) if ":" in name else
+            CUSTOM_LOSSES[name](ppo_config, observation_space, action_space, device)
             for name in ppo_config.custom_losses]

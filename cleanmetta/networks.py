@@ -6,6 +6,7 @@ units over the flat observation vector, one for the actor (logits) and one for t
 evaluator use:
     params, value = policy(obs)                                     # [B, outputs], [B]
     action, logprob, entropy, value = policy.get_action_and_value(obs, action=None)
+    logprob, entropy, value, params = policy.evaluate_actions(obs, action)   # the update's call
     action, logprob, value = policy.sample(obs)                     # the rollout's per-step call
     value = policy.get_value(obs)
 Each network is an encoder (`encode(obs) -> [B, encoder_size]`) and actor and critic layers
@@ -76,6 +77,15 @@ class Policy(nn.Module):
             action = self.head.sample(params)
         logprob, entropy = self.head.log_prob_entropy(params, action)
         return action, logprob, entropy, value
+
+    def evaluate_actions(self, obs: torch.Tensor, action: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The update's call: the log-probability [B] and entropy [B] of the stored actions [B, A], the
+        value [B], and the distribution's parameters [B, outputs], which a custom loss may read
+        (ppo.PolicyOutputs) without a second forward pass."""
+        params, value = self(obs)
+        logprob, entropy = self.head.log_prob_entropy(params, action)
+        return logprob, entropy, value, params
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Actions only: the distribution's mode when deterministic, else a sample."""
@@ -250,6 +260,11 @@ class CNNPolicy(Policy):
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         return self.image(obs)
 
+    def hidden_weights(self) -> list[nn.Parameter]:
+        """trainer.optimizer='muon''s matrices (optimizers.hidden_weights): the dense layer after the
+        convolutions (the kernels are 4-D; the heads read its output)."""
+        return [self.image.dense.weight]
+
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor(x), self.critic(x).squeeze(-1)
 
@@ -302,6 +317,11 @@ class TokenPolicy(Policy):
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         return encode_tokens(obs, self.table)
+
+    def hidden_weights(self) -> list[nn.Parameter]:
+        """trainer.optimizer='muon''s matrices (optimizers.hidden_weights): the actor's and the critic's
+        first layers, which read the token encoding (the table is an embedding, the last layers heads)."""
+        return [self.actor.weight0, self.critic.weight0]
 
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor.forward(x), self.critic.forward(x).squeeze(-1)

@@ -1,13 +1,15 @@
 """make_policy: the actor-critic network for an env's observation and action spaces.
 
-`make_policy(AgentConfig(), observation_space, action_space)` builds the network agent.name names;
+`make_policy(AgentConfig(), observation_space, action_space)` builds the network agent.name names
+(or agent.network, a network of one's own by import path: protocol.py);
 "auto", the default, picks one from the observation space (`network_for`): for CartPole's vector
 observations, networks.MLPPolicy, CleanRL's two 64-unit tanh MLPs. With agent.lstm_size > 0 the
 network gets an LSTM core (lstm.LSTMPolicy). The policy keeps `spec`, what a checkpoint needs to
 build it again.
 
 This module is also the one place to import any policy class from: the networks and their action
-heads (networks.py) and the LSTM core (lstm.py) are re-exported here.
+heads (networks.py), the LSTM core (lstm.py) and the adapter of CleanRL-style networks (protocol.py)
+are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from cleanmetta.encoders import is_image
 from cleanmetta.lstm import LSTMPolicy, LSTMState, SegmentReplay
 from cleanmetta.networks import (MLP, POLICIES, CategoricalHead, CNNPolicy, GaussianHead, MLPPolicy, MultiInputPolicy,
                                  Policy, TokenPolicy, make_head)
+from cleanmetta.protocol import NetworkPolicy, make_network
 from cleanmetta.spaces import check_spaces, space_to_dict
 
 __all__ = ["CNNPolicy", "CategoricalHead", "GaussianHead", "LSTMPolicy", "LSTMState", "MLP", "MLPPolicy",
-           "MultiInputPolicy", "POLICIES", "Policy", "SegmentReplay", "TokenPolicy", "make_head", "make_policy",
-           "network_for"]
+           "MultiInputPolicy", "NetworkPolicy", "POLICIES", "Policy", "SegmentReplay", "TokenPolicy", "make_head",
+           "make_policy", "network_for"]
 
 
 def network_for(agent_config: AgentConfig, observation_space: spaces.Space) -> str:
@@ -53,6 +56,10 @@ def network_for(agent_config: AgentConfig, observation_space: spaces.Space) -> s
 def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
     """Build the network named by `agent_config.name` for one agent's observation and action spaces."""
     check_spaces(observation_space, action_space)
+    if agent_config.network:  # a network of one's own, by import path (protocol.py)
+        policy = make_network(agent_config.network, observation_space, action_space)
+        policy.spec = spec_of(agent_config, observation_space, action_space)
+        return policy
     name = network_for(agent_config, observation_space)
     if name not in POLICIES:
         raise ConfigError(f"agent.name={name!r} is not a known network; choose one of {sorted(POLICIES)} or 'auto'")
@@ -68,7 +75,12 @@ def make_policy(agent_config: AgentConfig, observation_space: spaces.Space, acti
     policy = POLICIES[name](observation_space, action_space, agent_config.hidden_size, **kwargs)
     if agent_config.lstm_size:
         policy = LSTMPolicy(policy, agent_config.lstm_size)
-    # What a checkpoint needs to rebuild this network (see checkpoint.py).
-    policy.spec = {"agent": dataclasses.asdict(agent_config), "observation_space": space_to_dict(observation_space),
-                   "action_space": space_to_dict(action_space)}
+    policy.spec = spec_of(agent_config, observation_space, action_space)
     return policy
+
+
+def spec_of(agent_config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space) -> dict:
+    """What a checkpoint needs to build the network again (policy_store.py), as data: the agent settings
+    (a network of one's own: its import path and keyword arguments) and the spaces."""
+    return {"agent": dataclasses.asdict(agent_config), "observation_space": space_to_dict(observation_space),
+            "action_space": space_to_dict(action_space)}

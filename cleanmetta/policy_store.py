@@ -5,6 +5,10 @@ with a format tag, written atomically (files.py) and read with `torch.load(..., 
 never code. A missing, truncated or foreign file raises CheckpointError naming the path and the
 problem.
 
+A policy file holds the network's spec (agent settings and spaces, or for a network of one's own
+its import path and keyword arguments), its weights and counters. Loading one imports a module
+outside cleanmetta only when the user named it (`load_policy_file`).
+
 `PolicyStore(run_dir)` keeps the index `policies.json`: one record per policy file (epoch, agent
 steps, metadata, the scores measured on that policy, whether a user pinned it), oldest first, with
 paths relative to the run directory. The trainer adds records and prunes them while other
@@ -19,13 +23,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import torch
 
-from cleanmetta.config import AgentConfig
+from cleanmetta.config import AgentConfig, ConfigError
 from cleanmetta.files import write_atomic, write_json
 from cleanmetta.policy import make_policy
 from cleanmetta.spaces import space_from_dict, spaces_match
@@ -79,13 +84,14 @@ class PolicyRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     pinned: bool = False
+    trust: tuple[str, ...] = field(default=(), repr=False, compare=False)  # modules its network may import from
     _policy: Any = field(default=None, repr=False, compare=False)
 
     @property
     def policy(self):
-        """The network, loaded from `uri` on first access."""
+        """The network, loaded from `uri` on first access (load_policy_file, trusting `trust`)."""
         if self._policy is None:
-            self._policy = load_policy_file(self.uri)
+            self._policy = load_policy_file(self.uri, trust=self.trust)
         return self._policy
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,23 +100,80 @@ class PolicyRecord:
         return {**row, "pinned": True} if self.pinned else row  # an index without pins reads in older versions too
 
 
-def load_policy_file(path: str, device: torch.device | str = "cpu"):
-    """Rebuild a policy from its saved spec and weights."""
+def load_policy_file(path: str, device: torch.device | str = "cpu", trust: Iterable[str] = ()):
+    """Rebuild a policy from its saved spec and weights.
+
+    A spec that names a network of one's own (agent.network, 'module:Class') is loaded by importing
+    that module and calling the class, so the module must be one the user named: cleanmetta's, one
+    the run's own config.json names (`run_modules`), one in `trust` (module names; a package trusts
+    its submodules), or one this process has imported already (e.g. a kickstarted student's own
+    network module); and the class must be a torch.nn.Module subclass (protocol.make_network checks
+    that before calling it). Anything else is refused with one line, before any import."""
     data = load_checkpoint(path, "policy")
     spec = data["spec"]
-    policy = make_policy(AgentConfig(**spec["agent"]), space_from_dict(spec["observation_space"]),
-                         space_from_dict(spec["action_space"]))
+    if "agent" not in spec:
+        raise CheckpointError(f"{path}: {unbuildable(spec)}")
     try:
+        agent = AgentConfig(**spec["agent"])
+    except TypeError as err:
+        raise CheckpointError(f"{path}: not a policy spec this version of cleanmetta reads: {err}") from None
+    if agent.network:
+        check_trusted(agent.network, {*trust, *run_modules(path)}, path)
+    try:
+        policy = make_policy(agent, space_from_dict(spec["observation_space"]), space_from_dict(spec["action_space"]))
         policy.load_state_dict(data["state_dict"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: cannot build its network: {err}") from None
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the saved network spec: {err}") from None
     return policy.to(device)
 
 
+def unbuildable(spec: dict[str, Any]) -> str:
+    """Why a policy saved without a cleanmetta spec (a network the user built: checkpoint.spec_or_warn)
+    cannot be rebuilt, and what to do."""
+    name = spec.get("class", "?")
+    if not spec.get("importable"):
+        return (f"saved from {name}, a class of the script that trained it (or of a function), which cannot be "
+                "imported; move the class into a module (e.g. my_nets.py) and train with --agent.network "
+                f"my_nets:{name.split(':')[-1].split('.')[-1]}, or build it yourself and load "
+                "torch.load(path, weights_only=True)['state_dict']")
+    return (f"saved from {name}, which cleanmetta did not build, so its constructor's arguments are unknown; train "
+            f"with --agent.network {name}[:key=value,...], or build it yourself and load "
+            "torch.load(path, weights_only=True)['state_dict']")
+
+
+def check_trusted(network: str, trust: Iterable[str], path: str) -> None:
+    """CheckpointError unless agent.network's module is imported already, cleanmetta's or in `trust` (or in
+    a package of it)."""
+    module = network.partition(":")[0].strip()
+    allowed = {"cleanmetta", *trust}
+    if module not in sys.modules and not any(module == name or module.startswith(name + ".") for name in allowed):
+        raise CheckpointError(f"{path} names the network {network!r}: loading it imports module {module!r} and calls "
+                              f"that class; if you trust it, pass --trust {module} (python -m cleanmetta.evaluate) or "
+                              f"trust=[{module!r}] (PolicyStore, load_policy_file)")
+
+
+def run_modules(path: str) -> set[str]:
+    """The module of the network the run's own config.json names (agent.network), which loading its
+    policies may import; `path` is a run directory or a policy file in one (RUN/policies/NAME.pt)."""
+    run_dir = path if os.path.isdir(path) else os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            network = json.load(f)["agent"].get("network") or ""
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {network.partition(":")[0].strip()} if isinstance(network, str) and network else set()
+
+
 def check_policy_spaces(policy, observation_space, action_space, where: str) -> None:
-    """CheckpointError unless the saved network `policy` (its .spec) was built for these spaces."""
-    saved_obs = space_from_dict(policy.spec["observation_space"])
-    saved_action = space_from_dict(policy.spec["action_space"])
+    """CheckpointError unless the saved network `policy` (its .spec, or a spec) was built for these spaces;
+    nothing to check for a spec without spaces (a network cleanmetta did not build)."""
+    spec = policy if isinstance(policy, dict) else policy.spec
+    if "observation_space" not in spec:
+        return
+    saved_obs = space_from_dict(spec["observation_space"])
+    saved_action = space_from_dict(spec["action_space"])
     if not (spaces_match(saved_obs, observation_space) and spaces_match(saved_action, action_space)):
         raise CheckpointError(f"{where} was saved for observations {_brief(saved_obs)} and actions "
                               f"{_brief(saved_action)}, but the env has {_brief(observation_space)} and "
@@ -131,9 +194,10 @@ def best_of(records: list[PolicyRecord], metric: str) -> PolicyRecord | None:
 class PolicyStore:
     """The policy records of one run, indexed in `<directory>/policies.json`."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, trust: Iterable[str] = ()):
         self.directory = directory
         self.index_path = os.path.join(directory, "policies.json")
+        self.trust = (*trust, *run_modules(directory))  # modules loading a policy may import: the run's own network's
 
     def records(self) -> list[PolicyRecord]:
         """All records, oldest first."""
@@ -143,7 +207,7 @@ class PolicyStore:
             with open(self.index_path) as f:
                 rows = json.load(f)
             # The index stores paths relative to the run directory, so a run can be moved or copied.
-            return [PolicyRecord(**{**row, "uri": self._resolve(row["uri"])}) for row in rows]
+            return [PolicyRecord(**{**row, "uri": self._resolve(row["uri"]), "trust": self.trust}) for row in rows]
         except (ValueError, TypeError) as err:
             raise CheckpointError(f"{self.index_path}: not a readable policy index: {err}") from None
 
@@ -170,7 +234,7 @@ class PolicyStore:
             if not (isinstance(selector, str) and os.path.isfile(selector)):
                 raise
         data = load_checkpoint(selector, "policy")
-        return PolicyRecord(selector, data["epoch"], data["agent_steps"], data["metadata"])
+        return PolicyRecord(selector, data["epoch"], data["agent_steps"], data["metadata"], trust=self.trust)
 
     def record_scores(self, uri: str, scores: dict[str, float]) -> PolicyRecord | None:
         """Add `scores` (replacing those of the same names) to the record of the policy file `uri`;

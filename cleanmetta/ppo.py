@@ -15,7 +15,10 @@ The default run's update is `update` read top to bottom:
 
 A custom loss is any callable `fn(policy, obs, actions, rewards, values, advantages) -> scalar
 tensor` over the minibatch (values are the rollout's value estimates, advantages the raw GAE
-advantages); it is added to the PPO loss and its value reported under its `__name__`.
+advantages); it is added to the PPO loss and its value reported under its `__name__`. A loss that
+also declares a parameter `outputs` gets what the PPO pass computed on the minibatch
+(`PolicyOutputs`: new log-probabilities, entropy, values and the distribution's parameters), so
+that e.g. a penalty on the logits costs no second forward pass.
 
 Beside the default path, each a named step that `update` takes only when it is switched on:
 - Recurrent policies (agent.lstm_size > 0), V-trace (ppo.vtrace) and prioritized minibatches
@@ -42,9 +45,10 @@ import torch
 from torch import nn
 
 from cleanmetta import distributed
-from cleanmetta.config import PPOConfig
+from cleanmetta.config import ConfigError, PPOConfig
 from cleanmetta.experience import Batch, Experience, discounted_advantages
 from cleanmetta.fast import add_scaled, clip_grad_norm, optimizer_step, zero_grad
+from cleanmetta.imports import asks_for
 from cleanmetta.lstm import SegmentReplay
 
 CustomLoss = Callable[..., torch.Tensor]
@@ -60,6 +64,25 @@ class PPOLosses(NamedTuple):
     total_loss: torch.Tensor
     approx_kl: torch.Tensor     # E[(ratio - 1) - log ratio], no gradient
     clipfrac: torch.Tensor      # fraction of samples with |ratio - 1| > clip_coef, no gradient
+
+
+class PolicyOutputs(NamedTuple):
+    """What the PPO pass computed on a minibatch, given to the custom losses that ask for `outputs`."""
+
+    logprobs: torch.Tensor       # [N] log-probabilities of the stored actions under the current policy
+    entropy: torch.Tensor        # [N]
+    values: torch.Tensor         # [N] the current critic's values
+    params: torch.Tensor | None  # [N, outputs] the distribution's parameters (logits, or Gaussian means);
+                                 # None from a network that exposes none (protocol.NetworkPolicy)
+
+
+def score_actions(policy: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> PolicyOutputs:
+    """The policy's one forward pass on a minibatch: `evaluate_actions` (networks.Policy's), or for any
+    module with CleanRL's get_action_and_value only, that (params None)."""
+    if hasattr(policy, "evaluate_actions"):
+        return PolicyOutputs(*policy.evaluate_actions(obs, actions))
+    _, logprobs, entropy, values = policy.get_action_and_value(obs, actions)
+    return PolicyOutputs(logprobs, entropy, values, None)
 
 
 class Minibatch(NamedTuple):
@@ -94,7 +117,7 @@ class PPOOptimizer:
         self.config = config if config is not None else PPOConfig()
         # ppo.compile: the forward pass and the objective fused by torch.compile (dynamic shapes: the
         # number of valid samples varies per rollout). ppo.bf16: the same under torch.autocast.
-        loss = torch.compile(self.compute_ppo_loss, dynamic=True) if self.config.compile else self.compute_ppo_loss
+        loss = torch.compile(self.loss_and_outputs, dynamic=True) if self.config.compile else self.loss_and_outputs
         self.minibatch_loss = torch.autocast(self.device.type, dtype=torch.bfloat16)(loss) if self.config.bf16 else loss
 
     def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = (),
@@ -111,6 +134,7 @@ class PPOOptimizer:
         names += [loss_name(fn) for fn in custom_loss_fns]
         if len(set(names)) != len(names):
             raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
+        fed = [asks_for(fn, "outputs") for fn in custom_loss_fns]  # the losses that read the PPO pass's outputs
         check_minibatches_on_every_process(batch, cfg.num_minibatches, segmented)  # torchrun
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         priorities = None
@@ -125,12 +149,14 @@ class PPOOptimizer:
                 if experience.lstm_size > 0:  # recurrent: the LSTM replayed over the minibatch's segments
                     policy = SegmentReplay(self.policy, segments, mb.obs)
                 if cfg.vtrace:  # V-trace: the advantages follow from the current policy's ratios
-                    losses = self.vtrace_loss(policy, mb, segments, weights)
+                    losses, outputs = self.vtrace_loss(policy, mb, segments, weights)
                 else:
-                    losses = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, mb.advantages, mb.returns,
-                                                 mb.values, policy=policy, weights=weights, adv_stats=adv_stats)
-                custom = [fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages)
-                          for fn in custom_loss_fns]
+                    losses, outputs = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, mb.advantages, mb.returns,
+                                                          mb.values, policy=policy, weights=weights,
+                                                          adv_stats=adv_stats)
+                custom = [scalar(fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages,
+                                    **({"outputs": outputs} if wants else {})), name)
+                          for fn, wants, name in zip(custom_loss_fns, fed, names[5:])]
                 loss = sum(custom, start=losses.total_loss)
                 if not torch.isfinite(loss):
                     raise not_finite_error(losses, dict(zip(names[5:], custom)))
@@ -197,10 +223,18 @@ class PPOOptimizer:
         entropy and values, then `ppo_objective`. `old_logprobs` and `values` are the rollout's.
         `policy` scores the actions (self.policy by default; update() passes a recurrent policy's
         SegmentReplay of the minibatch); `weights` and `adv_stats` are as in ppo_objective."""
-        policy = policy if policy is not None else self.policy
-        _, new_logprobs, entropy, new_values = policy.get_action_and_value(obs, actions)
-        return self.ppo_objective(new_logprobs, entropy, new_values, old_logprobs, advantages, returns, values,
-                                  weights, adv_stats)
+        return self.loss_and_outputs(obs, actions, old_logprobs, advantages, returns, values, policy, weights,
+                                     adv_stats)[0]
+
+    def loss_and_outputs(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
+                         advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
+                         policy: nn.Module | None = None, weights: torch.Tensor | None = None,
+                         adv_stats: AdvantageStats | None = None) -> tuple[PPOLosses, PolicyOutputs]:
+        """compute_ppo_loss, and the policy's outputs it was computed from (for the custom losses)."""
+        outputs = score_actions(policy if policy is not None else self.policy, obs, actions)
+        losses = self.ppo_objective(outputs.logprobs, outputs.entropy, outputs.values, old_logprobs, advantages,
+                                    returns, values, weights, adv_stats)
+        return losses, outputs
 
     def ppo_objective(self, new_logprobs: torch.Tensor, entropy: torch.Tensor, new_values: torch.Tensor,
                       old_logprobs: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
@@ -235,14 +269,15 @@ class PPOOptimizer:
         total_loss = add_scaled(policy_loss, (-cfg.ent_coef, entropy_loss), (cfg.vf_coef, value_loss))
         return PPOLosses(policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac)
 
-    def vtrace_loss(self, policy: nn.Module, mb: Batch, segments: Batch, weights: torch.Tensor | None) -> PPOLosses:
+    def vtrace_loss(self, policy: nn.Module, mb: Batch, segments: Batch, weights: torch.Tensor | None
+                    ) -> tuple[PPOLosses, PolicyOutputs]:
         """The PPO loss with V-trace advantages and returns (ppo.vtrace): the policy's outputs first,
         since the advantages depend on its importance ratios, then the same objective."""
-        _, new_logprobs, entropy, new_values = policy.get_action_and_value(mb.obs, mb.actions)
-        advantages, returns = self.vtrace(segments, new_logprobs)
+        outputs = score_actions(policy, mb.obs, mb.actions)
+        advantages, returns = self.vtrace(segments, outputs.logprobs)
         adv_stats = distributed.mean_std([advantages]) if self.normalizes_over_processes() else None  # torchrun
-        return self.ppo_objective(new_logprobs, entropy, new_values, mb.logprobs, advantages, returns, mb.values,
-                                  weights, adv_stats)
+        return self.ppo_objective(outputs.logprobs, outputs.entropy, outputs.values, mb.logprobs, advantages, returns,
+                                  mb.values, weights, adv_stats), outputs
 
     def vtrace(self, segments: Batch, new_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """V-trace advantages and returns of a minibatch's valid steps, recomputed over its whole
@@ -257,6 +292,7 @@ class PPOOptimizer:
             cfg.gamma, cfg.gae_lambda, ratio.T, cfg.vtrace_rho_clip, cfg.vtrace_c_clip, segments.tail_advantages).T
         advantages = advantages[valid]
         return advantages, advantages + segments.values[valid]
+
 
 def segment_priorities(segments: Batch, alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Prioritized sampling of segments: each one's probability p = |A|^alpha / sum (|A| the sum of
@@ -286,6 +322,14 @@ def check_minibatches_on_every_process(batch: Batch, num_minibatches: int, segme
     if fewest < num_minibatches:
         raise ValueError(f"a process has {fewest} {'segments' if segmented else 'valid samples'}, fewer than "
                          f"ppo.num_minibatches={num_minibatches}; use fewer minibatches or longer rollouts")
+
+
+def scalar(value: torch.Tensor, name: str) -> torch.Tensor:
+    """A custom loss's value, which must be a scalar tensor (one that backward() can start from)."""
+    if not isinstance(value, torch.Tensor) or value.dim() != 0:
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ConfigError(f"custom loss {name!r} returned {shape}, not a scalar tensor; reduce it, e.g. with .mean()")
+    return value
 
 
 def not_finite_error(losses: PPOLosses, custom: dict[str, torch.Tensor]) -> FloatingPointError:

@@ -22,6 +22,7 @@ from cleanmetta.checkpoint import (CheckpointError, TrainingCheckpointer, remove
 from cleanmetta.config import ConfigError, TrainingConfig
 from cleanmetta.curriculum import Curriculum
 from cleanmetta.normalize import RewardScaler
+from cleanmetta.optimizers import averaged_weights, train_mode
 
 
 def finished(run_dir: str, epoch: int, agent_steps: int, num_epochs: int) -> bool:
@@ -88,10 +89,11 @@ def save_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, 
         extra["curriculum"] = curriculum_state
     if distributed.world_size() > 1:
         extra.update(world_size=distributed.world_size(), rank_rng=distributed.all_gather_objects(rng_state()))
-    if not distributed.is_main():
-        return
-    checkpointer.save_checkpoint(policy, epoch, agent_steps, optimizer.state_dict(), {"scores": scores or {}},
-                                 config=config.to_dict(), **extra)
+    with averaged_weights(optimizer):  # schedule-free: save its averaged weights (on every rank: all stay alike)
+        if not distributed.is_main():
+            return
+        checkpointer.save_checkpoint(policy, epoch, agent_steps, optimizer.state_dict(), {"scores": scores or {}},
+                                     config=config.to_dict(), **extra)
     checkpointer.prune_policies(config.checkpoint.keep_policies)
 
 
@@ -115,6 +117,7 @@ def restore_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfi
     try:
         policy.load_state_dict(state["policy_state"])
         optimizer.load_state_dict(state["optimizer_state"])
+        train_mode(optimizer)  # schedule-free: saved at its averaged weights (eval mode); back to training's
     except (KeyError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{state['path']}: does not fit this run's policy and optimizer: "
                               f"{str(err).splitlines()[0]}") from None
@@ -164,6 +167,7 @@ def read_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, 
         saved, current = state["config"], config.to_dict()
         mismatched = [section for section in ("env", "agent") if saved[section] != current[section]]
         saved_world = state.get("world_size", 1)
+        saved_optimizer = saved["trainer"].get("optimizer", "adam")  # (checkpoints from before the setting: Adam's)
     except (KeyError, TypeError, AttributeError) as err:  # a trainer state of another program
         raise CheckpointError(f"{state['path']}: not a trainer state this version of cleanmetta can resume "
                               f"({type(err).__name__}: {err})") from None
@@ -172,9 +176,13 @@ def read_checkpoint(checkpointer: TrainingCheckpointer, config: TrainingConfig, 
         raise ConfigError(f"{run_dir} holds a run with {section}={saved[section]}, not {current[section]}; pick "
                           "another --experiment-name, or pass --checkpoint.no-resume to start over in this "
                           f"directory (the old run is moved to {run_dir}.old-N)")
+    if saved_optimizer != config.trainer.optimizer:  # its state would not fit, or would step another optimiser
+        raise ConfigError(f"{checkpointer.checkpoint_dir} was trained with trainer.optimizer={saved_optimizer!r}, not "
+                          f"{config.trainer.optimizer!r}: resume it with --trainer.optimizer {saved_optimizer}, or "
+                          "pass --checkpoint.no-resume to start over")
     if saved_world != distributed.world_size():
         raise ConfigError(f"{checkpointer.checkpoint_dir} was trained by {saved_world} process(es), this run has "
                           f"{distributed.world_size()}: resume it with torchrun --nproc_per_node {saved_world} (or "
                           f"without torchrun for 1), or pass --checkpoint.no-resume to start over")
-    state["policy_state"] = checkpointer.load_policy(state, vecenv).policy.state_dict()
+    state["policy_state"] = checkpointer.policy_weights(state, vecenv)
     return state

@@ -1,10 +1,10 @@
 """Run setup and the functional training loop.
 
-On the default run, train.py takes from here the device, the seeding, the optimiser
-(`make_optimizer`: Adam with eps 1e-5, the fused kernel) and the learning rate of each epoch
-(`learning_rate_at`: linear annealing from trainer.learning_rate to 0, CleanRL's schedule).
+On the default run, train.py takes from here the device, the seeding and the learning rate of
+each epoch (`learning_rate_at`: linear annealing from trainer.learning_rate to 0, CleanRL's
+schedule); the optimiser is optimizers.py's (`make_optimizer`, imported here too).
 
-The helpers (device, seeding, optimiser, learning-rate schedule, run directory, signal handling,
+The helpers (device, seeding, learning-rate schedule, run directory, signal handling,
 a checkpoint saved when the env or an evaluation raises; resume.py: config files, checkpoint
 save/restore) are shared by train.py's explicit loop and by `functional_training_loop`, which
 runs the same epoch as a replaceable `step_fn`:
@@ -47,6 +47,7 @@ from cleanmetta.files import make_directory
 from cleanmetta.log import StatsLogger, start_wandb
 from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.normalize import RewardScaler
+from cleanmetta.optimizers import averaged_weights, make_optimizer, set_learning_rate
 from cleanmetta.ppo import CustomLoss, PPOOptimizer
 from cleanmetta.resume import finished, restore_checkpoint, save_checkpoint
 
@@ -83,12 +84,6 @@ def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = torch_deterministic
     torch.backends.cudnn.benchmark = not torch_deterministic
-
-
-def make_optimizer(policy: torch.nn.Module, trainer: TrainerConfig, device: torch.device) -> torch.optim.Adam:
-    # The fused kernel does the whole Adam step in one call instead of several per parameter (docs/speed.md).
-    return torch.optim.Adam(policy.parameters(), lr=trainer.learning_rate, eps=trainer.adam_eps,
-                            fused=device.type in ("cpu", "cuda"))
 
 
 def make_reward_scaler(config: TrainingConfig, vecenv) -> RewardScaler | None:
@@ -301,8 +296,7 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
         state.epoch, state.agent_steps = c.start_epoch, c.start_agent_steps
         state.num_epochs = num_epochs_for(config, experience)
     state.learning_rate = learning_rate_at(config.trainer, state.epoch, state.num_epochs)
-    for group in c.optimizer.param_groups:
-        group["lr"] = state.learning_rate
+    set_learning_rate(c.optimizer, state.learning_rate)
 
     saving = SaveOnError(lambda: save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch,
                                                  state.agent_steps, {}, c.collector.reward_scaler, c.curriculum,
@@ -318,7 +312,8 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
 
     evaluated = bool(config.evaluation.interval) and state.epoch % config.evaluation.interval == 0
     with saving:
-        state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps) if evaluated else {}
+        with averaged_weights(c.optimizer, when=evaluated):  # schedule-free: evaluate its averaged weights
+            state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps) if evaluated else {}
     last = state.stop.sync() or state.epoch >= state.num_epochs  # torchrun: every rank stops at the same epoch
     # an evaluated policy is saved with its scores, so that best:<score> can choose it
     if last or evaluated or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):

@@ -10,7 +10,8 @@ from gymnasium import spaces
 torch.set_num_threads(1)
 
 EXTRA_MODULES = {"mettagrid": ["mettagrid"], "atari": ["ale_py"], "wandb": ["wandb"], "plot": ["matplotlib"],
-                 "video": ["moviepy", "pygame", "imageio_ffmpeg"], "mujoco": ["mujoco", "imageio"]}
+                 "video": ["moviepy", "pygame", "imageio_ffmpeg"], "mujoco": ["mujoco", "imageio"],
+                 "schedulefree": ["schedulefree"]}
 """The modules each optional extra of pyproject.toml installs (a test keeps the keys equal to its extras)."""
 OPTIONAL = {module for modules in EXTRA_MODULES.values() for module in modules}
 

@@ -29,7 +29,7 @@ for spec in os.environ["CLEANMETTA_FAULT"].split(","):
     if rank == here:
         faults[kind] = int(epoch[0]) if epoch else 0
 updates = [0]
-update, compute_ppo_loss = ppo.PPOOptimizer.update, ppo.PPOOptimizer.compute_ppo_loss
+update, loss_and_outputs = ppo.PPOOptimizer.update, ppo.PPOOptimizer.loss_and_outputs
 log_epoch = log.StatsLogger.log_epoch
 
 
@@ -41,10 +41,10 @@ def counted_update(self, *args, **kwargs):
 
 
 def nan_loss(self, *args, **kwargs):
-    losses = compute_ppo_loss(self, *args, **kwargs)
+    losses, outputs = loss_and_outputs(self, *args, **kwargs)
     if "nan" in faults and updates[0] >= faults["nan"]:
         losses = losses._replace(total_loss=losses.total_loss * float("nan"))
-    return losses
+    return losses, outputs
 
 
 def broken_log_epoch(self, *args, **kwargs):
@@ -63,7 +63,7 @@ def slow_evaluation(self, *args, **kwargs):
 
 
 ppo.PPOOptimizer.update = counted_update
-ppo.PPOOptimizer.compute_ppo_loss = nan_loss
+ppo.PPOOptimizer.loss_and_outputs = nan_loss
 if "log" in faults:
     log.StatsLogger.log_epoch = broken_log_epoch
 if "eval" in faults:

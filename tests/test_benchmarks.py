@@ -16,6 +16,7 @@ BENCHMARKS = os.path.join(ROOT, "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 try:
     import compare
+    import optimizers as optimizer_benchmark
     import suite
 finally:  # benchmarks/mettagrid.py would shadow the mettagrid package for the other tests
     sys.path[:] = [p for p in sys.path if os.path.abspath(p) != BENCHMARKS]
@@ -96,3 +97,33 @@ def test_a_results_file_records_the_command_and_the_commit_it_ran(tmp_path, monk
     if head.returncode != 0:
         pytest.skip("not a git checkout")
     assert record["commit"].split("+")[0] == head.stdout.strip()
+
+
+def test_the_optimizer_benchmark_runs_a_task_and_seeds_optimizers_back_to_back_and_nothing_on_disk_again(
+        tmp_path, monkeypatch):
+    names = list(optimizer_benchmark.OPTIMIZERS)
+    order = optimizer_benchmark.named_runs(["halfcheetah", "cartpole"], names, [1, 2])
+    assert [task for task, _, _ in order] == ["cartpole"] * 8 + ["halfcheetah"] * 8  # classic control first
+    for start in range(0, 16, 4):  # each (task, seed): every optimiser, back to back
+        assert len({(task, seed) for task, _, seed in order[start:start + 4]}) == 1
+        assert sorted(optimizer for _, optimizer, _ in order[start:start + 4]) == sorted(names)
+
+    out = tmp_path / "optimizers"
+    out.mkdir()
+    (out / "cartpole_adam_seed1.json").write_text(json.dumps(
+        {"task": "cartpole", "optimizer": "adam", "seed": 1, "steps": 500, "score": 20.0, "sps": 1.0, "wall_s": 60.0,
+         "machine": "a machine", "commit": "abc1234"}))
+    ran = []
+
+    def run_one(task, optimizer, seed, steps):
+        ran.append((task, optimizer, seed))
+        return {"task": task, "optimizer": optimizer, "seed": seed, "steps": steps, "score": 10.0, "sps": 2.0,
+                "wall_s": 30.0}
+
+    monkeypatch.setattr(optimizer_benchmark, "run_one", run_one)
+    monkeypatch.setattr(sys, "argv", ["optimizers.py", "--tasks", "cartpole", "--seeds", "1",
+                                      "--total-timesteps", "500", "--out-dir", str(out)])
+    optimizer_benchmark.main()
+    assert ran == [("cartpole", name, 1) for name in names[1:]]  # adam's file is on disk
+    table = (tmp_path / "optimizers.md").read_text()
+    assert "| CartPole-v1 (500 steps) | muon | 1 | 10.0 ± 0.0 | 0.50 | 0.5 | 0.50 | 2 | 2.00 |" in table

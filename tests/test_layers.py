@@ -18,13 +18,16 @@ FLOORS = [  # bottom first
      "learning_progress"],                                 #   spaces and how observations are stored; atomic
                                                            #   files; faster equivalents of plain torch calls;
                                                            #   learning progress's maths on task scores
-    ["curriculum", "normalize", "experience", "workers", "video"],  # 2 tasks, running statistics, buffers,
-                                                           #   env worker processes, mp4 files
-    ["mettagrid_env", "atari", "env_checks"],              # 3 the optional MettaGrid and Atari vector envs;
-                                                           #   what building an env checks, one-line errors
+    ["curriculum", "normalize", "experience", "workers", "video",  # 2 tasks, running statistics, buffers,
+     "imports"],                                           #   env worker processes, mp4 files; objects named
+                                                           #   by import path
+    ["mettagrid_env", "atari", "env_checks",               # 3 the optional MettaGrid and Atari vector envs;
+     "optimizers"],                                        #   what building an env checks, one-line errors;
+                                                           #   trainer.optimizer's optimisers
     ["envs", "encoders"],                                  # 4 make_vecenv; observation encoders
     ["networks"],                                          # 5 actor-critic networks and action distributions
-    ["lstm"],                                              # 6 the LSTM core for any network
+    ["lstm", "protocol"],                                  # 6 the LSTM core for any network; networks of
+                                                           #   one's own (CleanRL's protocol)
     ["policy", "collector", "ppo"],                        # 7 make_policy; rollout, PPO update
     ["policy_store"],                                      # 8 checkpoint files, saved policies and their index
     ["checkpoint", "log"],                                 # 9 trainer states, checkpoints committed whole; metrics

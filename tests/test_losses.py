@@ -12,13 +12,14 @@ from gymnasium import spaces
 
 import train
 from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer
+from cleanmetta.cli import parse_config
 from cleanmetta.config import AgentConfig, ConfigError, CustomLossName, PPOConfig, TrainingConfig, small_fast_config
 from cleanmetta.curriculum import make_curriculum
 from cleanmetta.experience import Experience
 from cleanmetta.losses import (CUSTOM_LOSSES, Kickstarter, make_curiosity_loss, make_custom_losses, make_diversity_loss,
                                load_teacher, set_agent_steps)
 from cleanmetta.policy import make_policy
-from cleanmetta.ppo import PPOOptimizer
+from cleanmetta.ppo import PPOOptimizer, score_actions
 from cleanmetta.trainer import default_training_step, functional_training_loop, seed_everything
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,8 +98,8 @@ def test_unknown_custom_loss_names_are_rejected():
         config.validate()
     with pytest.raises(ConfigError, match="names unknown loss 'curiosty'; choose from \\['curiosity', 'diversity', 'kickstart'\\]"):
         make_custom_losses(config.ppo)  # the table's own check, for callers that skip validate()
-    with pytest.raises(SystemExit):
-        tyro.cli(TrainingConfig, args=["--ppo.custom-losses", "curiosty"])
+    with pytest.raises(ConfigError, match="names unknown loss 'curiosty'"):  # the command line: train.py's one line
+        parse_config(["--ppo.custom-losses", "curiosty"]).validate()
 
 
 def test_the_config_lists_exactly_the_losses_of_the_table():
@@ -149,9 +150,14 @@ def test_kickstart_action_term_is_the_kl_from_teacher_to_student(action_space):
         kl = sum(torch.distributions.kl_divergence(torch.distributions.Categorical(logits=t),
                                                    torch.distributions.Categorical(logits=s))
                  for t, s in zip(t_params.split(student.head.nvec, -1), s_params.split(student.head.nvec, -1)))
-    loss = Kickstarter(teacher, action_coef=2.0, value_coef=0.25, steps=10)(student, obs, None, None, None, None)
+    kickstart = Kickstarter(teacher, action_coef=2.0, value_coef=0.25, steps=10)
+    loss = kickstart(student, obs, None, None, None, None)
     expected = 2.0 * kl.mean() + 0.25 * 0.5 * (s_value - t_value).pow(2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # in the update it reads the student's outputs from the PPO pass: the same loss, no second forward
+    actions = student.get_action_and_value(obs)[0]
+    outputs = score_actions(student, obs, actions)
+    assert kickstart(student, obs, actions, None, None, None, outputs=outputs).item() == pytest.approx(loss.item())
 
 
 def test_kickstart_weights_fade_linearly_to_zero_and_then_skip_the_teacher():

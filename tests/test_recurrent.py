@@ -73,7 +73,7 @@ def test_the_first_minibatch_recomputes_the_rollouts_logprobs_and_values(device)
         if not seen:
             _, logprobs, _, new_values = policy.get_action_and_value(obs, actions)
             seen.append((logprobs.detach(), old_logprobs, new_values.detach(), values))
-        return ppo.compute_ppo_loss(obs, actions, old_logprobs, advantages, returns, values, policy, **kwargs)
+        return ppo.loss_and_outputs(obs, actions, old_logprobs, advantages, returns, values, policy, **kwargs)
 
     ppo.minibatch_loss = recording_loss
     ppo.update(exp)
