@@ -72,7 +72,7 @@ def pairs() -> list[tuple[str, str, str, object, object]]:
     (logprob.mean() + entropy.mean() + value.pow(2).mean()).backward()
     optimizer.step()  # Adam's state exists from here on, as after the first minibatch of a run
     unfused = torch.optim.Adam(policy.parameters(), lr=2.5e-4, eps=1e-5, fused=False)
-    unfused.step()  # trainer.make_optimizer asks for the fused kernel: this is the default one
+    unfused.step()  # optimizers.adam asks for the fused kernel: this is the default one
 
     step_obs, logits = torch.randn(4, 4), torch.randn(4, 2)
     step_actions = torch.randint(0, 2, (4, 1))
@@ -137,7 +137,7 @@ def compile_pair() -> tuple[float, object, object]:
 
     def loss_backward(ppo: PPOOptimizer):
         def run():
-            ppo.minibatch_loss(*minibatch)[0].total_loss.backward()
+            ppo.loss_and_outputs(*minibatch)[0].total_loss.backward()
         return run
 
     eager = loss_backward(PPOOptimizer(policy, optimizer, "cpu", PPOConfig()))

@@ -29,7 +29,7 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    """= optimizer.step(). For a fused single-group Adam (what trainer.make_optimizer builds) after
+    """= optimizer.step(). For a fused single-group Adam (what optimizers.adam builds) after
     its first step, the same fused kernel called through torch's functional `adam`, skipping
     Optimizer.step's per-call bookkeeping over every parameter; any other optimiser: step()."""
     group = optimizer.param_groups[0]

@@ -110,6 +110,12 @@ class MLP(nn.Module):
             self.register_parameter(f"weight{i}", layer.weight)
             self.register_parameter(f"bias{i}", layer.bias)
 
+    def extra_repr(self) -> str:
+        """print(policy) shows the layers: 'Linear(4, 64), Tanh, Linear(64, 64), Tanh, Linear(64, 2)'."""
+        layers = [f"Linear({w.shape[1]}, {w.shape[0]})" for w in (self._parameters[f"weight{i}"]
+                                                                  for i in range(self.num_layers))]
+        return ", Tanh, ".join(layers)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = self._parameters
         for i in range(self.num_layers):
@@ -166,6 +172,9 @@ class CategoricalHead(nn.Module):
         self.nvec = [int(n) for n in nvec]
         self.num_outputs = sum(self.nvec)
 
+    def extra_repr(self) -> str:
+        return f"nvec={self.nvec}"
+
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         if len(self.nvec) == 1:
             return sample_categorical(logits, keepdim=True)  # = Categorical(logits=logits).sample()[:, None]
@@ -212,6 +221,9 @@ class GaussianHead(nn.Module):
         super().__init__()
         self.num_outputs = action_dim
         self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def extra_repr(self) -> str:
+        return f"action_dim={self.num_outputs}"
 
     def sample(self, mean: torch.Tensor) -> torch.Tensor:
         return mean + self.log_std.exp() * torch.randn_like(mean)

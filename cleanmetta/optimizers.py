@@ -90,12 +90,12 @@ OPTIMIZERS: dict[str, Callable[[nn.Module, TrainerConfig, torch.device], Any]] =
 """trainer.optimizer's names (config.OptimizerName) and their builders."""
 
 
-def make_optimizer(policy: nn.Module, trainer: TrainerConfig, device: torch.device) -> Any:
+def make_optimizer(policy: nn.Module, trainer: TrainerConfig, device: torch.device | str) -> Any:
     """The optimiser trainer.optimizer names, over the policy's parameters at trainer.learning_rate: a
     torch.optim.Optimizer, or for 'muon' a CombinedOptimizer (the same calls). Schedule-free's comes
     in train mode."""
     if trainer.optimizer in OPTIMIZERS:
-        optimizer = OPTIMIZERS[trainer.optimizer](policy, trainer, device)
+        optimizer = OPTIMIZERS[trainer.optimizer](policy, trainer, torch.device(device))
     elif ":" in trainer.optimizer:
         optimizer = by_import_path(policy, trainer)
     else:

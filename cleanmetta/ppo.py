@@ -1,17 +1,20 @@
 """PPOOptimizer: PPO's update, the clipped objective minimised over epochs of shuffled minibatches.
 
 PPOOptimizer is not a torch optimiser: it owns PPO's update and calls the torch optimiser it is
-given (trainer.make_optimizer's Adam) once per minibatch; the name is Metta's. The learning-rate
+given (optimizers.make_optimizer's Adam) once per minibatch; the name is Metta's. The learning-rate
 schedule belongs to the caller (train.py sets the rate before each update).
 
-The default run's update is `update` read top to bottom:
+The default run's update is `PPOOptimizer.update` read top to bottom, with no branch but the lines
+marked "torchrun":
 1. GAE advantages and returns over the rollout (experience.py), and its valid steps as one flat batch;
 2. `update_epochs` passes, each a new shuffle cut into `num_minibatches` minibatches (`minibatches`);
-3. on each minibatch the PPO loss (`compute_ppo_loss`, then `ppo_objective`: advantages normalised
-   in the minibatch, clipped surrogate, clipped value loss, entropy bonus) plus every custom loss,
-   then zero_grad, backward, the global grad-norm clip and the optimiser step (fast.py's versions
-   of the plain torch calls, which the comments name);
+3. on each minibatch the PPO loss (`loss_and_outputs`: the policy's one forward pass, then
+   `ppo_objective`: advantages normalised in the minibatch, clipped surrogate, clipped value loss,
+   entropy bonus) plus every custom loss, then `optimize`: zero_grad, backward, the global
+   grad-norm clip and the optimiser step (fast.py's versions of the plain torch calls, which the
+   comments name);
 4. an early stop when approx_kl passes ppo.target_kl (off by default); the mean losses returned.
+`compute_ppo_loss` is Metta's name for the loss alone.
 
 A custom loss is any callable `fn(policy, obs, actions, rewards, values, advantages) -> scalar
 tensor` over the minibatch (values are the rollout's value estimates, advantages the raw GAE
@@ -20,21 +23,20 @@ also declares a parameter `outputs` gets what the PPO pass computed on the minib
 (`PolicyOutputs`: new log-probabilities, entropy, values and the distribution's parameters), so
 that e.g. a penalty on the logits costs no second forward pass.
 
-Beside the default path, each a named step that `update` takes only when it is switched on:
-- Recurrent policies (agent.lstm_size > 0), V-trace (ppo.vtrace) and prioritized minibatches
-  (ppo.prio_alpha > 0) train on whole segments: each agent's rollout cut into
-  trainer.bptt_horizon steps (experience.py); a minibatch is then some segments, and the losses
-  see their valid steps (`Minibatch`).
-- Recurrent policies: the LSTM is replayed over the minibatch's segments from their stored start
-  states (lstm.SegmentReplay), which the PPO loss and custom losses receive as `policy`.
-- V-trace (`vtrace_loss`): the advantages and returns recomputed on every minibatch with the
-  current policy's importance ratios (`vtrace`, experience.discounted_advantages).
-- Prioritized minibatches (`segment_priorities`): segments drawn by the size of their advantages,
-  their advantages weighted by importance weights whose exponent `update(..., progress)` anneals.
+Chosen once, when the optimiser is built, never inside the default path:
+- `SegmentPPOOptimizer` (at the end of this file), which `PPOOptimizer(...)` builds instead for a
+  recurrent policy (agent.lstm_size > 0), V-trace (ppo.vtrace) or prioritized minibatches
+  (ppo.prio_alpha > 0): these train on whole segments of each agent's rollout
+  (trainer.bptt_horizon steps, experience.py). The LSTM is replayed over a minibatch's segments
+  from their stored start states (lstm.SegmentReplay, which the losses receive as `policy`);
+  V-trace recomputes each minibatch's advantages with the current policy's importance ratios
+  (`vtrace`); prioritized sampling draws segments by the size of their advantages and weights them
+  (`segment_priorities`), its exponent annealed by `update(..., progress)`.
+- ppo.compile and ppo.bf16 replace `loss_and_outputs` by its torch.compile'd or bfloat16-autocast
+  version (`__init__`).
 - torchrun (distributed.py): the lines marked "torchrun" average the gradients over all processes,
   normalise advantages with all processes' statistics (ppo.global_adv_norm), let target_kl compare
   the processes' mean approx_kl and report means over all processes. In one process they do nothing.
-- ppo.compile and ppo.bf16 wrap `compute_ppo_loss` (torch.compile; torch.autocast to bfloat16).
 """
 
 from __future__ import annotations
@@ -85,22 +87,6 @@ def score_actions(policy: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -
     return PolicyOutputs(logprobs, entropy, values, None)
 
 
-class Minibatch(NamedTuple):
-    """One optimiser step's samples, flat `[N, ...]`. On the default path that is all; the extras
-    that train on whole segments also keep the `segments` the samples are the valid steps of,
-    prioritized sampling each sample's importance weight, and torchrun the advantages' mean and
-    std over all processes."""
-
-    samples: Batch
-    segments: Batch | None = None
-    weights: torch.Tensor | None = None
-    adv_stats: AdvantageStats | None = None
-
-
-def loss_name(fn: CustomLoss) -> str:
-    return getattr(fn, "__name__", type(fn).__name__)
-
-
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     """1 - Var[returns - values] / Var[returns]: 1 is a perfect critic, <= 0 no better than a constant."""
     var_returns = returns.var()
@@ -110,119 +96,95 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 
 
 class PPOOptimizer:
+    def __new__(cls, policy: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | str,
+                config: PPOConfig | None = None):
+        # recurrent policies, V-trace and prioritized minibatches train on segments: SegmentPPOOptimizer
+        if cls is PPOOptimizer and trains_on_segments(policy, config if config is not None else PPOConfig()):
+            cls = SegmentPPOOptimizer
+        return super().__new__(cls)
+
     def __init__(self, policy: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | str,
                  config: PPOConfig | None = None):
         self.policy, self.optimizer = policy, optimizer
         self.device = torch.device(device)
         self.config = config if config is not None else PPOConfig()
-        # ppo.compile: the forward pass and the objective fused by torch.compile (dynamic shapes: the
-        # number of valid samples varies per rollout). ppo.bf16: the same under torch.autocast.
-        loss = torch.compile(self.loss_and_outputs, dynamic=True) if self.config.compile else self.loss_and_outputs
-        self.minibatch_loss = torch.autocast(self.device.type, dtype=torch.bfloat16)(loss) if self.config.bf16 else loss
+        if self.config.compile:  # ppo.compile: the forward pass and the objective fused (dynamic: N varies)
+            self.loss_and_outputs = torch.compile(self.loss_and_outputs, dynamic=True)
+        if self.config.bf16:  # ppo.bf16: the same under torch.autocast to bfloat16
+            self.loss_and_outputs = torch.autocast(self.device.type, dtype=torch.bfloat16)(self.loss_and_outputs)
 
     def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = (),
                progress: float = 0.0) -> dict[str, float]:
         """PPO's update on one rollout: `update_epochs` x `num_minibatches` optimiser steps; returns the
-        mean losses and diagnostics. `progress` (the fraction of training done, 0 to 1) anneals
-        prioritized sampling's importance-weight exponent from ppo.prio_beta0 to 1."""
+        mean losses and diagnostics. (`progress`, the fraction of training done, is for
+        SegmentPPOOptimizer's prioritized sampling.)"""
         cfg = self.config
         experience.compute_advantages(cfg.gamma, cfg.gae_lambda)  # GAE: advantages and returns [T, B]
-        # recurrent policies, V-trace and prioritized minibatches train on whole segments of each agent's rollout
-        segmented = experience.lstm_size > 0 or cfg.vtrace or cfg.prio_alpha > 0
-        batch = experience.batch(segments=segmented)  # the valid steps [N, ...]; or segments [S, L, ...]
-        names = ["policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"]
-        names += [loss_name(fn) for fn in custom_loss_fns]
-        if len(set(names)) != len(names):
-            raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {names[5:]}")
-        fed = [asks_for(fn, "outputs") for fn in custom_loss_fns]  # the losses that read the PPO pass's outputs
-        check_minibatches_on_every_process(batch, cfg.num_minibatches, segmented)  # torchrun
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        priorities = None
-        if cfg.prio_alpha > 0:  # prioritized: each segment's probability and importance weight, beta annealed
-            priorities = segment_priorities(batch, cfg.prio_alpha, cfg.prio_beta0 + (1 - cfg.prio_beta0) * progress)
-        history: list[torch.Tensor] = []  # per minibatch: the reported terms, stacked once at the end
-        counts: list[int] = []  # per minibatch: its samples, which weigh its terms over processes (torchrun)
-
+        batch = experience.batch()  # the rollout's valid steps, flat [N, ...]
+        check_minibatches_on_every_process(batch, cfg.num_minibatches, "valid samples")  # torchrun
+        custom_losses = CustomLosses(custom_loss_fns)
+        history = History(custom_losses)
         for epoch in range(cfg.update_epochs):
-            for mb, segments, weights, adv_stats in self.minibatches(batch, segmented, priorities):
-                policy = self.policy
-                if experience.lstm_size > 0:  # recurrent: the LSTM replayed over the minibatch's segments
-                    policy = SegmentReplay(self.policy, segments, mb.obs)
-                if cfg.vtrace:  # V-trace: the advantages follow from the current policy's ratios
-                    losses, outputs = self.vtrace_loss(policy, mb, segments, weights)
-                else:
-                    losses, outputs = self.minibatch_loss(mb.obs, mb.actions, mb.logprobs, mb.advantages, mb.returns,
-                                                          mb.values, policy=policy, weights=weights,
-                                                          adv_stats=adv_stats)
-                custom = [scalar(fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages,
-                                    **({"outputs": outputs} if wants else {})), name)
-                          for fn, wants, name in zip(custom_loss_fns, fed, names[5:])]
-                loss = sum(custom, start=losses.total_loss)
-                if not torch.isfinite(loss):
-                    raise not_finite_error(losses, dict(zip(names[5:], custom)))
-
-                zero_grad(params)  # = self.optimizer.zero_grad()
-                loss.backward()
-                counts.append(len(mb.advantages))
-                distributed.average_gradients(params, samples=counts[-1])  # torchrun: weighted by samples
-                clip_grad_norm(params, cfg.max_grad_norm)  # = nn.utils.clip_grad_norm_(params, max_grad_norm)
-                optimizer_step(self.optimizer)  # = self.optimizer.step()
-                history += [losses.policy_loss.detach(), losses.value_loss.detach(), losses.entropy_loss.detach(),
-                            losses.approx_kl, losses.clipfrac, *(value.detach() for value in custom)]
-            # torchrun: approx_kl's mean over all processes, so that they all stop at the same epoch
-            if cfg.target_kl is not None and float(distributed.weighted_mean(
-                    losses.approx_kl.view(1), torch.tensor([counts[-1]]))) > cfg.target_kl:
+            minibatches = self.minibatches(batch)  # a new shuffle, cut into num_minibatches
+            adv_stats = self.advantage_stats(minibatches)  # torchrun: all processes' mean and std, else None
+            for mb, stats in zip(minibatches, adv_stats):
+                losses, outputs = self.loss_and_outputs(mb.obs, mb.actions, mb.logprobs, mb.advantages, mb.returns,
+                                                        mb.values, adv_stats=stats)
+                custom = custom_losses(self.policy, mb, outputs)
+                self.optimize(losses, custom, samples=len(mb.advantages))
+                history.add(losses, custom, len(mb.advantages))
+            if history.past_target_kl(cfg.target_kl):
                 break
+        return self.summary(history, batch)
 
-        # each term's mean over the minibatches (torchrun: per minibatch, over all processes' samples first)
-        means = distributed.weighted_mean(torch.stack(history).view(-1, len(names)), torch.tensor(counts)).mean(0)
-        stats = dict(zip(names, means.tolist()))
-        samples = batch.valid_steps() if segmented else batch
-        obs_norm = getattr(self.policy, "obs_norm", None)
-        if obs_norm is not None:  # agent.normalize_obs: updated after, so the update saw what the rollout saw
-            obs_norm.update(samples.obs.flatten(1))
-        stats["explained_variance"] = explained_variance(samples.values, samples.returns)
-        return stats
-
-    def minibatches(self, batch: Batch, segmented: bool = False,
-                    priorities: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Minibatch]:
+    def minibatches(self, batch: Batch) -> list[Batch]:
         """One epoch's minibatches: the batch in a new random order, cut into ppo.num_minibatches parts
-        of nearly equal size (none empty). A batch of segments is cut into segments, and each
-        minibatch's samples are their valid steps. With `priorities` (segment_priorities: each
-        segment's probability and importance weight) the segments are drawn by priority instead."""
-        cfg = self.config
-        n = batch.obs.shape[0]  # samples, or segments
-        edges = [round(i * n / cfg.num_minibatches) for i in range(cfg.num_minibatches + 1)]
-        parts = [slice(start, end) for start, end in zip(edges[:-1], edges[1:]) if end > start]
-        if priorities is None:
-            order = torch.randperm(n, device=self.device)  # every sample once an epoch
-        else:  # prioritized: n draws with replacement (the importance weights assume each has probability p)
-            order = torch.multinomial(priorities[0], n, replacement=True)
+        of nearly equal size (none empty)."""
+        order = torch.randperm(len(batch.obs), device=self.device)  # every sample once an epoch
         shuffled = batch.select(order)  # one gather, then views
-        if segmented:
-            weights = None if priorities is None else priorities[1][order]
-            minibatches = [segment_minibatch(shuffled.select(part), None if weights is None else weights[part])
-                           for part in parts]
-        else:
-            minibatches = [Minibatch(shuffled.select(part)) for part in parts]
-        if self.normalizes_over_processes() and not cfg.vtrace:
-            # torchrun: each minibatch's advantages normalised with all processes' statistics (one all-reduce)
-            means, stds = distributed.mean_std([mb.samples.advantages for mb in minibatches])
-            minibatches = [mb._replace(adv_stats=(mean, std)) for mb, mean, std in zip(minibatches, means, stds)]
-        return minibatches
+        return [shuffled.select(part) for part in parts(len(order), self.config.num_minibatches)]
+
+    def advantage_stats(self, minibatches: list[Batch]) -> list[AdvantageStats | None]:
+        """torchrun with ppo.global_adv_norm: each minibatch's advantage mean and std over all processes
+        (one all-reduce); else None for each (ppo_objective then uses the minibatch's own)."""
+        if not self.normalizes_over_processes():
+            return [None] * len(minibatches)
+        means, stds = distributed.mean_std([mb.advantages for mb in minibatches])
+        return list(zip(means, stds))
 
     def normalizes_over_processes(self) -> bool:
         """torchrun with ppo.global_adv_norm: advantages normalised with all processes' statistics."""
         return self.config.norm_adv and self.config.global_adv_norm and distributed.world_size() > 1
 
+    def optimize(self, losses: PPOLosses, custom: dict[str, torch.Tensor], samples: int) -> None:
+        """One optimiser step on the PPO loss plus the custom losses: backward, the global grad-norm clip,
+        step. A loss that is not finite stops the run, naming each term."""
+        loss = sum(custom.values(), start=losses.total_loss)
+        if not torch.isfinite(loss):
+            raise not_finite_error(losses, custom)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        zero_grad(params)  # = self.optimizer.zero_grad()
+        loss.backward()
+        distributed.average_gradients(params, samples=samples)  # torchrun: weighted by samples
+        clip_grad_norm(params, self.config.max_grad_norm)  # = nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer_step(self.optimizer)  # = self.optimizer.step()
+
+    def summary(self, history: History, batch: Batch) -> dict[str, float]:
+        """The update's statistics: each term's mean over the minibatches, and the critic's explained
+        variance on the rollout's valid steps (`batch`: flat samples). agent.normalize_obs's statistics
+        take in the rollout's observations now, after the update saw what the rollout saw."""
+        stats = history.means()
+        obs_norm = getattr(self.policy, "obs_norm", None)
+        if obs_norm is not None:
+            obs_norm.update(batch.obs.flatten(1))
+        stats["explained_variance"] = explained_variance(batch.values, batch.returns)
+        return stats
+
     def compute_ppo_loss(self, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
                          advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
                          policy: nn.Module | None = None, weights: torch.Tensor | None = None,
                          adv_stats: AdvantageStats | None = None) -> PPOLosses:
-        """The PPO loss on one minibatch: the policy's log-probabilities of the stored `actions`, its
-        entropy and values, then `ppo_objective`. `old_logprobs` and `values` are the rollout's.
-        `policy` scores the actions (self.policy by default; update() passes a recurrent policy's
-        SegmentReplay of the minibatch); `weights` and `adv_stats` are as in ppo_objective."""
+        """The PPO loss on one minibatch (Metta's name): `loss_and_outputs` without the outputs."""
         return self.loss_and_outputs(obs, actions, old_logprobs, advantages, returns, values, policy, weights,
                                      adv_stats)[0]
 
@@ -230,7 +192,11 @@ class PPOOptimizer:
                          advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
                          policy: nn.Module | None = None, weights: torch.Tensor | None = None,
                          adv_stats: AdvantageStats | None = None) -> tuple[PPOLosses, PolicyOutputs]:
-        """compute_ppo_loss, and the policy's outputs it was computed from (for the custom losses)."""
+        """The PPO loss on one minibatch, and the policy's outputs it was computed from: the policy's
+        log-probabilities of the stored `actions`, its entropy and values (one forward pass:
+        `score_actions`), then `ppo_objective`. `old_logprobs` and `values` are the rollout's.
+        `policy` scores the actions (self.policy by default; SegmentPPOOptimizer passes a recurrent
+        policy's replay of the minibatch); `weights` and `adv_stats` are as in ppo_objective."""
         outputs = score_actions(policy if policy is not None else self.policy, obs, actions)
         losses = self.ppo_objective(outputs.logprobs, outputs.entropy, outputs.values, old_logprobs, advantages,
                                     returns, values, weights, adv_stats)
@@ -251,9 +217,9 @@ class PPOOptimizer:
             clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
 
         if cfg.norm_adv and (adv_stats is not None or advantages.numel() > 1):
-            mean, std = adv_stats if adv_stats is not None else (advantages.mean(), advantages.std())
+            mean, std = adv_stats if adv_stats is not None else (advantages.mean(), advantages.std())  # torchrun
             advantages = (advantages - mean) / (std + 1e-8)
-        if weights is not None:
+        if weights is not None:  # prioritized minibatches (SegmentPPOOptimizer): importance weights
             advantages = advantages * weights
         policy_loss = torch.max(-advantages * ratio,
                                 -advantages * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
@@ -268,6 +234,136 @@ class PPOOptimizer:
         # = policy_loss - ent_coef * entropy_loss + vf_coef * value_loss
         total_loss = add_scaled(policy_loss, (-cfg.ent_coef, entropy_loss), (cfg.vf_coef, value_loss))
         return PPOLosses(policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac)
+
+
+def trains_on_segments(policy: nn.Module, config: PPOConfig) -> bool:
+    """Whether the update trains on whole segments (SegmentPPOOptimizer): a recurrent policy, V-trace,
+    prioritized minibatches."""
+    return getattr(policy, "recurrent", False) or config.vtrace or config.prio_alpha > 0
+
+
+def parts(n: int, num_parts: int) -> list[slice]:
+    """0..n cut into `num_parts` slices of nearly equal size, empty ones left out."""
+    edges = [round(i * n / num_parts) for i in range(num_parts + 1)]
+    return [slice(start, end) for start, end in zip(edges[:-1], edges[1:]) if end > start]
+
+
+class CustomLosses:
+    """The custom losses of an update, called on each minibatch with Metta's signature (and the PPO
+    pass's `outputs` for those that declare it); their values by name."""
+
+    def __init__(self, fns: Sequence[CustomLoss]):
+        self.fns, self.names = list(fns), [loss_name(fn) for fn in fns]
+        if len(set(self.names)) != len(self.names) or set(self.names) & set(History.TERMS):
+            raise ValueError(f"custom losses need distinct names that differ from the PPO terms, got {self.names}")
+        self.fed = [asks_for(fn, "outputs") for fn in self.fns]
+
+    def __call__(self, policy: nn.Module, mb: Batch, outputs: PolicyOutputs) -> dict[str, torch.Tensor]:
+        return {name: scalar(fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages,
+                                **({"outputs": outputs} if fed else {})), name)
+                for fn, fed, name in zip(self.fns, self.fed, self.names)}
+
+
+class History:
+    """Per minibatch, the reported terms and its number of samples (which weigh its terms over
+    processes under torchrun)."""
+
+    TERMS = ["policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"]
+
+    def __init__(self, custom: CustomLosses):
+        self.names = self.TERMS + custom.names
+        self.rows: list[torch.Tensor] = []  # stacked once at the end: no synchronisation per minibatch
+        self.counts: list[int] = []
+        self.last_kl = torch.zeros(1)
+
+    def add(self, losses: PPOLosses, custom: dict[str, torch.Tensor], samples: int) -> None:
+        self.rows += [losses.policy_loss.detach(), losses.value_loss.detach(), losses.entropy_loss.detach(),
+                      losses.approx_kl, losses.clipfrac, *(value.detach() for value in custom.values())]
+        self.counts.append(samples)
+        self.last_kl = losses.approx_kl
+
+    def past_target_kl(self, target_kl: float | None) -> bool:
+        """ppo.target_kl's early stop, after an epoch: the last minibatch's approx_kl (torchrun: its mean
+        over all processes, so that they all stop at the same epoch) above the target."""
+        return target_kl is not None and float(distributed.weighted_mean(
+            self.last_kl.view(1), torch.tensor([self.counts[-1]]))) > target_kl
+
+    def means(self) -> dict[str, float]:
+        """Each term's mean over the minibatches (torchrun: per minibatch, over all processes' samples first)."""
+        rows = torch.stack(self.rows).view(-1, len(self.names))
+        return dict(zip(self.names, distributed.weighted_mean(rows, torch.tensor(self.counts)).mean(0).tolist()))
+
+
+def loss_name(fn: CustomLoss) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+# ---- training on segments: recurrent policies, V-trace, prioritized minibatches -------------------
+
+class Minibatch(NamedTuple):
+    """A minibatch of segments: their valid steps as flat samples `[N, ...]`, the segments, each
+    sample's importance weight (prioritized sampling) and torchrun's advantage statistics."""
+
+    samples: Batch
+    segments: Batch
+    weights: torch.Tensor | None = None
+    adv_stats: AdvantageStats | None = None
+
+
+class SegmentPPOOptimizer(PPOOptimizer):
+    """PPO's update on whole segments of each agent's rollout (`trains_on_segments`): a minibatch is
+    some segments, and the losses see their valid steps. The same steps as PPOOptimizer.update, with
+    what segments change: the LSTM replayed over the minibatch's segments (lstm.SegmentReplay),
+    V-trace's advantages (`vtrace_loss`), prioritized sampling (`segment_priorities`)."""
+
+    def update(self, experience: Experience, custom_loss_fns: Sequence[CustomLoss] = (),
+               progress: float = 0.0) -> dict[str, float]:
+        """As PPOOptimizer.update; `progress` (the fraction of training done, 0 to 1) anneals prioritized
+        sampling's importance-weight exponent from ppo.prio_beta0 to 1."""
+        cfg = self.config
+        experience.compute_advantages(cfg.gamma, cfg.gae_lambda)
+        batch = experience.batch(segments=True)  # segments [S, L, ...]
+        check_minibatches_on_every_process(batch, cfg.num_minibatches, "segments")  # torchrun
+        priorities = None
+        if cfg.prio_alpha > 0:  # prioritized: each segment's probability and importance weight, beta annealed
+            priorities = segment_priorities(batch, cfg.prio_alpha, cfg.prio_beta0 + (1 - cfg.prio_beta0) * progress)
+        custom_losses = CustomLosses(custom_loss_fns)
+        history = History(custom_losses)
+        for epoch in range(cfg.update_epochs):
+            for mb, segments, weights, adv_stats in self.segment_minibatches(batch, priorities):
+                policy = self.policy
+                if experience.lstm_size > 0:  # recurrent: the LSTM replayed over the minibatch's segments
+                    policy = SegmentReplay(self.policy, segments, mb.obs)
+                if cfg.vtrace:  # V-trace: the advantages follow from the current policy's ratios
+                    losses, outputs = self.vtrace_loss(policy, mb, segments, weights)
+                else:
+                    losses, outputs = self.loss_and_outputs(mb.obs, mb.actions, mb.logprobs, mb.advantages,
+                                                            mb.returns, mb.values, policy, weights, adv_stats)
+                custom = custom_losses(policy, mb, outputs)
+                self.optimize(losses, custom, samples=len(mb.advantages))
+                history.add(losses, custom, len(mb.advantages))
+            if history.past_target_kl(cfg.target_kl):
+                break
+        return self.summary(history, batch.valid_steps())
+
+    def segment_minibatches(self, batch: Batch, priorities: tuple[torch.Tensor, torch.Tensor] | None = None
+                            ) -> list[Minibatch]:
+        """One epoch's minibatches of segments: shuffled (or, with `priorities`, each segment's
+        probability and importance weight, drawn by priority), cut into ppo.num_minibatches parts;
+        each minibatch's samples are its segments' valid steps."""
+        n = batch.obs.shape[0]
+        if priorities is None:
+            order = torch.randperm(n, device=self.device)
+        else:  # prioritized: n draws with replacement (the importance weights assume each has probability p)
+            order = torch.multinomial(priorities[0], n, replacement=True)
+        shuffled = batch.select(order)
+        weights = None if priorities is None else priorities[1][order]
+        minibatches = [segment_minibatch(shuffled.select(part), None if weights is None else weights[part])
+                       for part in parts(n, self.config.num_minibatches)]
+        if not self.config.vtrace:  # torchrun: all processes' advantage statistics (V-trace's come later)
+            stats = self.advantage_stats([mb.samples for mb in minibatches])
+            minibatches = [mb._replace(adv_stats=s) for mb, s in zip(minibatches, stats)]
+        return minibatches
 
     def vtrace_loss(self, policy: nn.Module, mb: Batch, segments: Batch, weights: torch.Tensor | None
                     ) -> tuple[PPOLosses, PolicyOutputs]:
@@ -313,15 +409,15 @@ def segment_minibatch(segments: Batch, segment_weights: torch.Tensor | None = No
     return Minibatch(segments.valid_steps(), segments, weights)
 
 
-def check_minibatches_on_every_process(batch: Batch, num_minibatches: int, segmented: bool) -> None:
+def check_minibatches_on_every_process(batch: Batch, num_minibatches: int, units: str) -> None:
     """torchrun: every process must run every minibatch (each one all-reduces its gradients), so each
-    needs at least num_minibatches samples (segments). Nothing in one process."""
+    needs at least num_minibatches `units` (valid samples, or segments). Nothing in one process."""
     if distributed.world_size() == 1:
         return
     fewest = int(distributed.all_reduce(torch.tensor(batch.obs.shape[0]), distributed.ReduceOp.MIN))
     if fewest < num_minibatches:
-        raise ValueError(f"a process has {fewest} {'segments' if segmented else 'valid samples'}, fewer than "
-                         f"ppo.num_minibatches={num_minibatches}; use fewer minibatches or longer rollouts")
+        raise ValueError(f"a process has {fewest} {units}, fewer than ppo.num_minibatches={num_minibatches}; use "
+                         "fewer minibatches or longer rollouts")
 
 
 def scalar(value: torch.Tensor, name: str) -> torch.Tensor:

@@ -167,6 +167,10 @@ def test_every_preset_is_what_its_flag_and_its_saved_config_give(name):
 
 
 PRESET_CHANGES = {  # what each preset's docstring promises, against TrainingConfig()'s reference settings
+    "default": {},
+    "mountaincar": {"env.id": "MountainCar-v0", "env.num_envs": 16, "agent.normalize_obs": True,
+                    "trainer.num_steps": 16, "trainer.learning_rate": 3e-4, "trainer.anneal_lr": False,
+                    "ppo.gae_lambda": 0.98, "ppo.ent_coef": 0.0, "ppo.normalize_reward": True},
     "continuous": {"env.id": "Pendulum-v1", "env.num_envs": 1, "agent.normalize_obs": True,
                    "trainer.total_timesteps": 1_000_000, "trainer.num_steps": 2048, "trainer.learning_rate": 3e-4,
                    "ppo.num_minibatches": 32, "ppo.update_epochs": 10, "ppo.ent_coef": 0.0,
@@ -190,6 +194,20 @@ PRESET_CHANGES = {  # what each preset's docstring promises, against TrainingCon
 @pytest.mark.parametrize("name", sorted(PRESET_CHANGES))
 def test_each_preset_changes_the_reference_settings_as_its_docstring_says(name):
     assert changes(PRESETS[name]()) == PRESET_CHANGES[name]
+
+
+def test_every_preset_has_each_of_its_changes_spelled_out():
+    """With small_fast's test above, every field a preset (presets.py's data) changes is written in a test."""
+    assert set(PRESETS) == set(PRESET_CHANGES) | {"small_fast"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_value_has_the_type_of_its_field(name):
+    """presets.py's data is read as YAML is: an integer written for a float field arrives as a float."""
+    def types(config: dict) -> dict:
+        return {key: types(value) if isinstance(value, dict) else type(value) for key, value in config.items()}
+
+    assert types(PRESETS[name]().to_dict()) == types(TrainingConfig().to_dict())
 
 
 def test_the_mountaincar_preset_has_rl_zoos_settings():

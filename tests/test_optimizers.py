@@ -289,3 +289,8 @@ def test_train_refuses_an_optimizer_that_does_not_fit_before_it_trains(tmp_run_r
     with pytest.raises(ConfigError, match="trainer.optimizer"):
         train.main(config)
     assert not os.path.exists(os.path.join(tmp_run_root, "run", "episodes.csv"))
+
+
+def test_the_device_may_be_named_as_a_string_as_everywhere_else():
+    policy = make_policy(AgentConfig(), VECTOR, spaces.Discrete(2))
+    assert isinstance(make_optimizer(policy, TrainerConfig(), "cpu"), torch.optim.Adam)

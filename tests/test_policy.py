@@ -113,3 +113,10 @@ def test_auto_picks_the_network_from_the_observation_space():
     assert isinstance(make_policy(AgentConfig(name="mlp"), spaces.Box(0, 255, (10, 3), np.uint8), action), MLPPolicy)
     with pytest.raises(ConfigError, match="normalize_obs is for the mlp"):
         make_policy(AgentConfig(normalize_obs=True), spaces.Box(0, 255, (10, 3), np.uint8), action)
+
+
+def test_printing_the_default_network_shows_every_layer():
+    text = str(make_policy(AgentConfig(), spaces.Box(-1, 1, (4,)), spaces.Discrete(2)))
+    assert "(actor): MLP(Linear(4, 64), Tanh, Linear(64, 64), Tanh, Linear(64, 2))" in text
+    assert "(critic): MLP(Linear(4, 64), Tanh, Linear(64, 64), Tanh, Linear(64, 1))" in text
+    assert "CategoricalHead(nvec=[2])" in text

@@ -232,14 +232,14 @@ def test_compiled_loss_matches_eager_loss_and_gradients():
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     eager = PPOOptimizer(policy, optimizer, "cpu", PPOConfig())
     compiled = PPOOptimizer(policy, optimizer, "cpu", PPOConfig(compile=True))
-    assert compiled.minibatch_loss != compiled.loss_and_outputs  # the flag does compile
+    assert compiled.loss_and_outputs != eager.loss_and_outputs  # the flag does compile
     for n in (37, 64):  # two minibatch sizes: one dynamic-shape graph serves both
         obs, actions = torch.randn(n, 4), torch.randint(0, 2, (n, 1))
         args = (obs, actions, torch.randn(n) - 0.7, torch.randn(n), torch.randn(n), torch.randn(n))
         results = []
         for ppo in (eager, compiled):
             policy.zero_grad(set_to_none=True)
-            losses, _ = ppo.minibatch_loss(*args)
+            losses, _ = ppo.loss_and_outputs(*args)
             losses.total_loss.backward()
             results.append((losses, [p.grad.clone() for p in policy.parameters()]))
         (a, grads_a), (b, grads_b) = results
@@ -267,7 +267,7 @@ def test_bf16_runs_the_loss_forward_in_bfloat16_close_to_float32():
     results = []
     for ppo in (plain, bf16):
         policy.zero_grad(set_to_none=True)
-        losses, _ = ppo.minibatch_loss(*args)
+        losses, _ = ppo.loss_and_outputs(*args)
         losses.total_loss.backward()
         results.append((losses, torch.cat([p.grad.flatten() for p in policy.parameters()])))
     assert dtypes[-3:] == [torch.float32, torch.float32, torch.bfloat16]  # old logprobs, plain, bf16

@@ -93,3 +93,30 @@ def test_the_six_answers_need_at_most_five_files_and_fifteen_functions():
     assert all(locations(row.split("|")[3]) for row in rows)  # every question answered with a location
     assert len({file for file, _, _ in answers}) <= 5
     assert len({reference for _, _, reference in answers}) <= 15
+
+
+def section(title: str) -> str:
+    text = page()
+    start = text.index(title)
+    return text[start:text.index("\n## ", start)]
+
+
+def test_the_defaults_table_holds_the_codes_values():
+    rows = [line.split("|")[1:-1] for line in section("## The defaults").splitlines() if line.startswith("| ")]
+    defaults = dataclasses.asdict(TrainingConfig())
+    assert len(rows) > 15
+    for _, flag, ours, cleanrl in rows[1:]:
+        section_name, field = flag.strip(" `-").split(".")
+        value = defaults[section_name][field.replace("-", "_")]
+        assert str(value) == ours.strip(), (flag, value, ours)
+
+
+def test_the_six_answers_take_under_900_lines_of_at_most_6_files():
+    text = section("## What the six answers take")
+    references = [t for t in code_tokens(text) if re.fullmatch(r"[a-z_]+(\.\w+)+", t) and not t.endswith(".py")]
+    lines = sum(len(inspect.getsourcelines(inspect.unwrap(resolve(r)))[0]) for r in references)
+    table = importlib.import_module("cleanmetta.experience").__doc__.count("\n") + 1  # the table atop experience.py
+    files = {r.split(".")[0] for r in references}
+    stated = int(re.search(r"(\d+) lines", text).group(1))
+    assert len(files) <= 6 and lines + table <= 900
+    assert abs(stated - (lines + table)) <= 20, f"the page says {stated} lines; they are {lines + table} now"

@@ -67,15 +67,15 @@ def test_the_first_minibatch_recomputes_the_rollouts_logprobs_and_values(device)
 
     ppo = PPOOptimizer(policy, make_optimizer(policy, TrainingConfig().trainer, device), device,
                        PPOConfig(num_minibatches=2, update_epochs=1))
-    seen = []
+    seen, loss_and_outputs = [], ppo.loss_and_outputs
 
-    def recording_loss(obs, actions, old_logprobs, advantages, returns, values, policy, **kwargs):
+    def recording_loss(obs, actions, old_logprobs, advantages, returns, values, policy, *rest):
         if not seen:
             _, logprobs, _, new_values = policy.get_action_and_value(obs, actions)
             seen.append((logprobs.detach(), old_logprobs, new_values.detach(), values))
-        return ppo.loss_and_outputs(obs, actions, old_logprobs, advantages, returns, values, policy, **kwargs)
+        return loss_and_outputs(obs, actions, old_logprobs, advantages, returns, values, policy, *rest)
 
-    ppo.minibatch_loss = recording_loss
+    ppo.loss_and_outputs = recording_loss
     ppo.update(exp)
     logprobs, old_logprobs, values, old_values = seen[0]
     assert 0 < len(logprobs) < int(exp.valid.sum())  # one minibatch of two
