@@ -31,13 +31,15 @@ FLOORS = [  # bottom first
     ["policy", "collector", "ppo"],                        # 7 make_policy; rollout, PPO update
     ["policy_store"],                                      # 8 checkpoint files, saved policies and their index
     ["checkpoint", "log"],                                 # 9 trainer states, checkpoints committed whole; metrics
-    ["evaluate", "plot", "losses", "resume"],              # 10 scoring (its CLI reads the policy store); curves;
-                                                           #   custom losses (kickstart loads a teacher policy);
-                                                           #   config files, checkpoints saved and restored
+    ["evaluate", "plot", "losses", "resume",               # 10 scoring (its CLI reads the policy store); curves;
+     "tune_report", "tune_runs"],                          #   custom losses (kickstart loads a teacher policy);
+                                                           #   config files, checkpoints saved and restored;
+                                                           #   what a tuning study leaves, a trial's runs
     ["trainer", "cli", "__init__"],                        # 11 run setup and the functional loop; train.py's
                                                            #   command line; public names
-    ["train", "examples"],                                 # 12 the training script, examples
-    ["benchmarks"],                                        # 13 measure train.py and the components
+    ["tune"],                                              # 12 hyperparameter sweeps (runs train.py)
+    ["train", "examples"],                                 # 13 the training script, examples
+    ["benchmarks"],                                        # 14 measure train.py and the components
 ]
 FLOOR = {name: i + 1 for i, names in enumerate(FLOORS) for name in names}
 PACKAGE = os.path.join(ROOT, "cleanmetta")
