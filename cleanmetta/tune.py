@@ -158,7 +158,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, TrainingConfig]:
     add("--study-dir", default="tune", help="the study's directory: trials, storage, report")
     add("--study-name", default="cleanmetta", help="the study's name in the storage")
     add("--storage", default=None, help="an Optuna storage URL (default: sqlite:///<study-dir>/study.db)")
-    add("--objective", default="score", choices=OBJECTIVES, help="what a trial is scored by")
+    add("--objective", default="score", choices=OBJECTIVES, metavar="|".join(OBJECTIVES),
+        help="what a trial is scored by: the final score, its area under the curve, or the score and a cost")
     add("--pruner", default=None, choices=PRUNERS, help="stop weak trials early (default: median; none for two objectives)")
     add("--reports", type=int, default=10, help="points of each run where its score so far is reported")
     add("--last-episodes", type=int, default=20, help="episodes a run's score is the mean return of")
@@ -271,7 +272,7 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # fail_orphans reads it
         values = {param.name: param.suggest(trial) for param in args.params}
         trial_dir = os.path.join(args.study_dir, "trials", str(trial.number))
-        config = config_with(self.base, values)
+        config = config_with(self.base, {**values, "env.id": args.tasks[0], "seed": 1})  # best.yaml's task, seed
         make_directory(trial_dir, "--study-dir")
         write_json(os.path.join(trial_dir, "config.json"), config.to_dict())
         trial.set_user_attr("config", json.loads(json.dumps(config.to_dict())))  # best.yaml on any worker's machine

@@ -148,14 +148,15 @@ def test_a_tiny_study_writes_a_best_yaml_that_train_py_runs_as_the_best_trial(op
 
 
 def test_a_pruned_trial_stops_its_run_as_sigterm_does(optuna, tmp_path):
-    args, base = tune.parse_args(["--space", "ppo.clip_coef=0.1..0.3", "--script", TRAIN,
+    args, base = tune.parse_args(["--space", "ppo.clip_coef=0.1..0.3", "--script", TRAIN, "--tasks", "Acrobot-v1",
                                   "--study-dir", str(tmp_path), "--trainer.total-timesteps", "100000"])
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9))
     study.optimize(tune.Objective(args, base), n_trials=1)  # the first report is below the threshold: pruned
     assert study.trials[0].state.name == "PRUNED" and list(study.trials[0].intermediate_values) == [0]
-    run = tmp_path / "trials" / "0" / "CartPole-v1__seed1"
+    assert study.trials[0].user_attrs["config"]["env"]["id"] == "Acrobot-v1"  # best.yaml trains the first task
+    run = tmp_path / "trials" / "0" / "Acrobot-v1__seed1"
     record = json.loads((run / "tune.json").read_text())
-    assert record["state"] == "pruned" and record["runs"]["CartPole-v1__seed1"]["exit"] == 0
+    assert record["state"] == "pruned" and record["runs"]["Acrobot-v1__seed1"]["exit"] == 0
     summary = json.loads((run / "summary.json").read_text())
     assert 10_000 <= summary["agent_steps"] < 100_000  # stopped early, at an epoch's end
     assert os.listdir(run / "trainer_states")  # and saved there, as at SIGTERM
