@@ -32,15 +32,16 @@ from cleanmetta.curriculum import make_curriculum
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
 from cleanmetta.experience import Experience
-from cleanmetta.log import StatsLogger, start_wandb
+from cleanmetta.log import StatsLogger, end_of_run, start_wandb
 from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.optimizers import averaged_weights, make_optimizer, set_learning_rate
 from cleanmetta.policy import make_policy
 from cleanmetta.ppo import PPOOptimizer
 from cleanmetta.resume import finished, restore_checkpoint, save_checkpoint
-from cleanmetta.trainer import (SaveOnError, StopOnSignal, announce, evaluate_and_log, join_process_group,
-                                learning_rate_at, make_reward_scaler, num_epochs_for, planned_steps, rank_seed,
-                                run_dir_for, seed_everything)
+from cleanmetta.timing import Split
+from cleanmetta.trainer import (SaveOnError, StopOnSignal, announce, announce_resume, evaluate_and_log,
+                                join_process_group, learning_rate_at, make_reward_scaler, num_epochs_for,
+                                planned_steps, rank_seed, run_dir_for, seed_everything)
 
 
 def main(config: TrainingConfig) -> dict:
@@ -73,12 +74,14 @@ def main(config: TrainingConfig) -> dict:
     wandb_run = start_wandb(config, run_dir, resume=agent_steps > 0)  # wandb: None unless --log.wandb (rank 0)
     if config.log.wandb_checkpoints:
         checkpointer.wandb_run = wandb_run  # wandb: every saved policy as a model artifact
-    collector = RolloutCollector(vecenv, policy, experience, device, reward_scaler)
     ppo = PPOOptimizer(policy, optimizer, device, config.ppo)
     custom_losses = make_custom_losses(config.ppo, vecenv, device)  # by name; kickstart loads its teacher here
     announce(run_dir, config, experience)  # the run directory, and the budget in whole rollouts
+    announce_resume(run_dir, config, experience, epoch)  # a resume that moves the learning-rate schedule says so
     logger = StatsLogger(run_dir, config, planned_steps(config, experience), config.log.tensorboard,
                          config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run)
+    split = Split(distributed.waited)  # timing: where each epoch's time goes (env, policy, update, ...)
+    collector = RolloutCollector(vecenv, policy, experience, device, reward_scaler, split)
 
     # Train.
     def save(scores: dict[str, float], if_missing: bool = False) -> None:  # the run as of `epoch` (read when called)
@@ -86,6 +89,7 @@ def main(config: TrainingConfig) -> dict:
                         if_missing)
 
     saving = SaveOnError(lambda: save({}, if_missing=True), run_dir)  # an env or evaluation error: save, go on up
+    saved_epoch = epoch or None  # a resumed run's checkpoint is on disk
     with StopOnSignal() as stop:
         while epoch < num_epochs and not stop.requested:
             learning_rate = learning_rate_at(config.trainer, epoch, num_epochs)
@@ -96,20 +100,26 @@ def main(config: TrainingConfig) -> dict:
             agent_steps += num_steps
             curriculum_stats = curriculum.update(rollout_stats)  # learning progress: the scores pick the tasks
             set_agent_steps(custom_losses, agent_steps)  # kickstart: the teacher's weight fades with agent steps
-            update_stats = ppo.update(experience, custom_losses, progress=(epoch + 1) / num_epochs)
+            with split.part("update"):  # timing
+                update_stats = ppo.update(experience, custom_losses, progress=(epoch + 1) / num_epochs)
             epoch += 1
-            logger.log_epoch(agent_steps, rollout_stats, update_stats, learning_rate, curriculum_stats)
+            with split.part("logging"):  # timing
+                logger.log_epoch(agent_steps, rollout_stats, update_stats, learning_rate, curriculum_stats,
+                                 split.epoch())
 
             evaluated = bool(config.evaluation.interval) and epoch % config.evaluation.interval == 0
-            with saving:  # the scores of the policy as of `epoch` ({} when not evaluated)
+            with saving, split.part("evaluation"):  # the scores of the policy as of `epoch` ({} when not evaluated)
                 with averaged_weights(optimizer, when=evaluated):  # schedule-free: evaluate its averaged weights
                     scores = evaluate_and_log(evaluator, policy, logger, agent_steps) if evaluated else {}
             last = stop.sync() or epoch >= num_epochs  # torchrun: a signal to any rank stops all at this epoch
             # an evaluated policy is saved with its scores, so that best:<score> can choose it
             if last or evaluated or (config.checkpoint.interval and epoch % config.checkpoint.interval == 0):
-                save(scores)
+                with split.part("checkpoint"):  # timing
+                    save(scores)
+                saved_epoch = epoch
 
-    logger.close()
+    perf = split.whole_run()  # summary.json, and what the run says when it stops (end_of_run)
+    logger.close(perf, end_of_run(logger, epoch, num_epochs, saved_epoch, stop.signal_name, perf))
     vecenv.close()
     distributed.close()  # torchrun: leave the process group
     return {"run_dir": run_dir, "policy": policy, "curriculum": curriculum, "epoch": epoch, **logger.summary()}

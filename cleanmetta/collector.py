@@ -45,6 +45,7 @@ from cleanmetta.env_checks import check_autoreset
 from cleanmetta.experience import Experience
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.spaces import check_spaces, observation_layout
+from cleanmetta.timing import Split
 
 
 ALL = slice(None)  # every agent: one batch per step, without double buffering
@@ -52,13 +53,14 @@ ALL = slice(None)  # every agent: one batch per step, without double buffering
 
 class RolloutCollector:
     def __init__(self, vecenv, policy, experience: Experience, device: torch.device | str = "cpu",
-                 reward_scaler: RewardScaler | None = None):
+                 reward_scaler: RewardScaler | None = None, split: Split | None = None):
         check_spaces(vecenv.single_observation_space, vecenv.single_action_space)
         check_autoreset(vecenv)
         if experience.num_agents != vecenv.num_envs:
             raise ValueError(f"experience holds {experience.num_agents} agents but the vector env has "
                              f"{vecenv.num_envs}; build it with Experience.for_env(vecenv, ...)")
         self.vecenv, self.policy, self.experience = vecenv, policy, experience
+        self.split = split if split is not None else Split()  # where the rollout's time goes (timing.py)
         self.reward_scaler = reward_scaler  # rewards reach the buffer scaled; episode returns stay raw
         self.device = torch.device(device)
         T, B = experience.num_steps, experience.num_agents
@@ -118,26 +120,33 @@ class RolloutCollector:
         all processes under torchrun."""
         exp = self.experience
         self.finished = {"returns": [], "lengths": [], "tasks": [], "stats": {}}  # episodes that end in this rollout
+        in_policy, in_env, in_copies = self.split.part("policy"), self.split.part("env"), self.split.part("copies")
         if len(self.halves) == 1:
             for t in range(exp.num_steps):
-                actions = self._act(t, ALL)
-                self._observe(t, ALL, self.vecenv.step(actions))
+                with in_policy:  # timed parts of the epoch (timing.py): the forward pass, sampling
+                    actions = self._act(t, ALL)
+                with in_env:
+                    result = self.vecenv.step(actions)
+                with in_copies:  # the env's answer into the buffers, the observations to the device
+                    self._observe(t, ALL, result)
         else:  # env.async_batches 2: act on one half of the agents while the env workers step the other
             self._collect_double_buffered()
 
-        if self.values_after_rollout:  # the default network: its critic once over the rollout, one batch
-            exp.values.copy_(self.policy.get_value(exp.obs.flatten(0, 1)).view_as(exp.values))
-        if self.recurrent:  # the bootstrap value continues each agent's memory
-            first = torch.from_numpy(self.first).to(self.device)
-            exp.last_value.copy_(self.policy.step(self.next_obs, self.state, first)[1])
-        else:
-            exp.last_value.copy_(self.policy.get_value(self.next_obs))  # the value after the last step
+        with in_policy:
+            if self.values_after_rollout:  # the default network: its critic once over the rollout, one batch
+                exp.values.copy_(self.policy.get_value(exp.obs.flatten(0, 1)).view_as(exp.values))
+            if self.recurrent:  # the bootstrap value continues each agent's memory
+                first = torch.from_numpy(self.first).to(self.device)
+                exp.last_value.copy_(self.policy.step(self.next_obs, self.state, first)[1])
+            else:
+                exp.last_value.copy_(self.policy.get_value(self.next_obs))  # the value after the last step
         rewards = self.rewards
         if self.reward_scaler is not None:  # ppo.normalize_reward
             rewards = self.reward_scaler(self.rewards, self.dones, self.valid)
-        for column, values in ((exp.rewards, rewards), (exp.terminals, self.terminals), (exp.dones, self.dones),
-                               (exp.valid, self.valid)):
-            column.copy_(torch.from_numpy(values), non_blocking=True)
+        with in_copies:
+            for column, values in ((exp.rewards, rewards), (exp.terminals, self.terminals), (exp.dones, self.dones),
+                                   (exp.valid, self.valid)):
+                column.copy_(torch.from_numpy(values), non_blocking=True)
         stats = self._episode_stats()
         if distributed.world_size() > 1:  # torchrun: every process's episodes
             stats = merge_episode_stats(distributed.all_gather_objects(stats))
@@ -146,14 +155,23 @@ class RolloutCollector:
     def _collect_double_buffered(self) -> None:
         """The rollout's steps for an env that steps two halves of the agents in worker processes: each
         step sends one half's actions, then takes in the other half's answer to its previous step."""
+        in_policy, in_env, in_copies = self.split.part("policy"), self.split.part("env"), self.split.part("copies")
         pending = None  # (step, half) sent and not yet received
         for t in range(self.experience.num_steps):
             for half, rows in enumerate(self.halves):
-                self.vecenv.send(self._act(t, rows), half)
+                with in_policy:
+                    actions = self._act(t, rows)
+                with in_env:  # sending, then waiting for the workers' answer
+                    self.vecenv.send(actions, half)
+                    result = self.vecenv.recv(pending[1]) if pending is not None else None
                 if pending is not None:
-                    self._observe(pending[0], self.halves[pending[1]], self.vecenv.recv(pending[1]))
+                    with in_copies:
+                        self._observe(pending[0], self.halves[pending[1]], result)
                 pending = (t, half)
-        self._observe(pending[0], self.halves[pending[1]], self.vecenv.recv(pending[1]))
+        with in_env:
+            result = self.vecenv.recv(pending[1])
+        with in_copies:
+            self._observe(pending[0], self.halves[pending[1]], result)
 
     def _episode_stats(self) -> dict:
         """The episodes that finished in this rollout: returns, lengths, tasks and the env's statistics."""

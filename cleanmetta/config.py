@@ -206,6 +206,9 @@ class LogConfig:
     """write TensorBoard event files into the run directory."""
     console_interval: float = 5.0
     """seconds between console progress lines (0: every epoch)."""
+    dashboard: Literal["auto", "on", "off"] = "auto"
+    """a live terminal panel instead of the progress lines (dashboard.py; pip install -e ".[dashboard]"):
+    'auto' shows it when the output is a terminal and rich is installed, 'on' always, 'off' never."""
     wandb: bool = False
     """also log to a Weights & Biases run: config, the TensorBoard scalars, evaluation scores and videos
     (pip install -e ".[wandb]"; WANDB_MODE=offline runs without a network)."""

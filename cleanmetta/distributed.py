@@ -168,7 +168,16 @@ def _watch(poll_s: float = 0.5, grace_s: float = 5.0) -> None:
         os._exit(1)
 
 
+_WAITED = [0.0]  # seconds this process has spent in collectives (timing.Split's `ranks`)
+
+
+def waited() -> float:
+    """Seconds this process has spent in collectives so far: sending, and waiting for the other ranks."""
+    return _WAITED[0]
+
+
 def _collective(op: Callable, *args: Any, **kwargs: Any) -> Any:
+    start = time.perf_counter()
     try:
         return op(*args, **kwargs)
     except RuntimeError as err:  # gloo and NCCL report a lost peer or a timeout as RuntimeError subclasses
@@ -178,6 +187,8 @@ def _collective(op: Callable, *args: Any, **kwargs: Any) -> Any:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DistributedError(f"rank {rank()} of {world_size()}: {op.__name__} failed; another rank has probably "
                                f"died or stopped answering (see its output): {detail}") from None
+    finally:
+        _WAITED[0] += time.perf_counter() - start
 
 
 def on_main(fn: Callable[..., Any], *args: Any) -> Any:

@@ -9,7 +9,8 @@ A run directory holds:
   purge_step does for the event files, and restores the console's last-20 window from it);
 - `summary.json` when the run ends: the whole run's agent steps, training seconds and steps per
   second (a resumed run adds the seconds of its first part, up to the checkpoint's last logged
-  episode), and the mean return of the last 20 episodes;
+  episode), the mean return of the last 20 episodes, and `perf`: where this process's time went
+  (timing.py; TensorBoard gets each epoch's split as perf/<part>);
 - with `--log.wandb` (`start_wandb`), a Weights & Biases run under `wandb/`: the whole config, the
   same scalars under the same names against `global_step` (the agent steps), evaluation scores and
   videos. Its id is kept in `wandb_id`, so a resumed run continues the same wandb run.
@@ -17,6 +18,10 @@ A run directory holds:
 config.json and summary.json are written atomically (files.py); episodes.csv and the TensorBoard
 events are flushed every epoch, so that a killed run loses none of them (a resume cuts them back
 to the checkpoint).
+
+On the console: a progress line every few seconds, each evaluation's scores when they arrive, and
+`end_of_run`'s summary when the run stops; on a terminal, the live panel (dashboard.py) instead of
+the progress lines.
 
 Under torchrun only rank 0 writes and prints (and talks to wandb): the other ranks' loggers keep
 the same counters (the collector hands every rank all ranks' episodes) and write nothing.
@@ -38,7 +43,9 @@ import numpy as np
 from cleanmetta import distributed
 from cleanmetta.config import TrainingConfig, import_extra
 from cleanmetta.curriculum import Curriculum, Task, configured_families
+from cleanmetta.dashboard import Dashboard, wanted
 from cleanmetta.files import write_json, write_text
+from cleanmetta.timing import hints
 
 # update() stats key -> TensorBoard tag; any other key (a custom loss) is logged as losses/<key>.
 LOSS_TAGS = {
@@ -135,6 +142,13 @@ class StatsLogger:
         self.start_step = start_step
         self.last_print = -math.inf
         self.agent_steps = start_step
+        self.recent_lengths: deque[float] = deque(maxlen=20)
+        self.last_scores: dict[str, float] = {}  # the latest evaluation's scores, and the best of each
+        self.best_scores: dict[str, float] = {}
+        self.last_sps = 0.0
+        self.dashboard = None  # the live panel (dashboard.py) instead of the progress lines, when wanted
+        if self.writes and config is not None and wanted(config.log, is_main=True):
+            self.dashboard = Dashboard(run_dir, total_timesteps)
 
     def _open_files(self, config: Any, tensorboard: bool, start_step: int) -> None:
         os.makedirs(self.run_dir, exist_ok=True)
@@ -208,20 +222,27 @@ class StatsLogger:
                                 "global_step": step})
 
     def log_epoch(self, agent_steps: int, rollout_stats: dict[str, np.ndarray], update_stats: dict[str, float],
-                  learning_rate: float, curriculum_stats: dict[str, float] | None = None) -> None:
+                  learning_rate: float, curriculum_stats: dict[str, float] | None = None,
+                  split: dict[str, float] | None = None) -> None:
         """Record one epoch: its finished episodes, its update's losses, speed and learning rate (and the
-        curriculum's scalars, Curriculum.update's)."""
+        curriculum's scalars, Curriculum.update's; the epoch's time split, timing.Split.epoch's, as
+        perf/<part>: each part's share of the epoch, perf/wall: its seconds)."""
         returns, lengths = rollout_stats["episodic_return"], rollout_stats["episodic_length"]
-        self.agent_steps = agent_steps
+        epoch_steps, self.agent_steps = agent_steps - self.agent_steps, agent_steps
         seconds = self.elapsed
         if self.writes:
             run_seconds = self.seconds_before + seconds  # a resumed run's rows go on from its first part's time
             for episode_return, length in zip(returns.tolist(), lengths.tolist()):
                 self.episodes_file.write(f"{agent_steps},{run_seconds:.3f},{episode_return:.6g},{length}\n")
         self.recent_returns.extend(returns.tolist())
+        self.recent_lengths.extend(lengths.tolist())
 
         sps = self.steps_per_second(agent_steps)
         scalars = {"charts/SPS": sps, "charts/learning_rate": learning_rate, **(curriculum_stats or {})}
+        if split:
+            scalars.update({f"perf/{part}": value / split["wall"] for part, value in split.items() if part != "wall"})
+            scalars["perf/wall"] = split["wall"]
+            self.last_sps = epoch_steps / max(split["wall"], 1e-9)
         if len(returns):
             scalars["charts/episodic_return"] = float(np.mean(returns))
             scalars["charts/episodic_length"] = float(np.mean(lengths))
@@ -239,6 +260,15 @@ class StatsLogger:
         if self.writes:
             self.episodes_file.flush()  # to the OS each epoch, so that a kill loses no row
 
+        if self.dashboard is not None:
+            families = {k.split("/")[1]: v for k, v in scalars.items() if k.startswith("tasks/")
+                        and k.endswith("/episodic_return")} if tasks is not None else {}
+            self.dashboard.update(agent_steps=agent_steps, sps=self.last_sps or sps, mean_sps=sps,
+                                  update_stats=update_stats, learning_rate=learning_rate, split=split,
+                                  returns=self.mean_recent_return if self.recent_returns else None,
+                                  lengths=float(np.mean(self.recent_lengths)) if self.recent_lengths else None,
+                                  families=families)
+            return
         done = self.total_timesteps is not None and agent_steps >= self.total_timesteps
         if self.writes and (done or seconds - self.last_print >= self.console_interval):
             self.last_print = seconds
@@ -256,6 +286,20 @@ class StatsLogger:
         recent = f"{self.mean_recent_return:.1f}" if self.recent_returns else "-"  # no episode has ended yet
         return f"{head} | {sps:,.0f} SPS | return {recent} (last 20) | {losses}"
 
+    def log_evaluation(self, agent_steps: int, scores: dict[str, float]) -> None:
+        """Record an evaluation's scores (eval/<simulation>/<metric>); keep the latest and the best of
+        each simulation's mean return, and say them (a line, or the panel)."""
+        self.log_scalars(agent_steps, {f"eval/{key}": value for key, value in scores.items()})
+        headline = {key: value for key, value in scores.items() if key.endswith("/mean_return")} or scores
+        self.last_scores = headline
+        for key, value in headline.items():
+            self.best_scores[key] = max(value, self.best_scores.get(key, -math.inf))
+        if self.dashboard is not None:
+            self.dashboard.update(scores=headline)
+        elif self.writes and headline:
+            print(f"evaluation at step {agent_steps:,}: " + ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
+                  flush=True)
+
     def summary(self) -> dict[str, float]:
         """The whole run's totals (a resumed run's first part included)."""
         seconds = self.seconds_before + self.elapsed
@@ -263,14 +307,47 @@ class StatsLogger:
                 "steps_per_second": self.agent_steps / max(seconds, 1e-9),
                 "mean_return_last20": self.mean_recent_return}
 
-    def close(self) -> None:
-        """Write summary.json, close the files, and finish the wandb run (with the summary in it)."""
+    def close(self, perf: dict[str, float] | None = None, report: str | None = None) -> None:
+        """Write summary.json (with `perf`, timing.Split.whole_run's seconds and shares, when given),
+        stop the panel, print `report` (end_of_run's), close the files, and finish the wandb run (with
+        the summary in it)."""
         if not self.writes:
             return
-        write_json(os.path.join(self.run_dir, "summary.json"), self.summary())
+        if self.dashboard is not None:
+            self.dashboard.stop()
+        write_json(os.path.join(self.run_dir, "summary.json"), {**self.summary(), **({"perf": perf} if perf else {})})
+        if report:
+            print(report, flush=True)
         self.episodes_file.close()
         if self.writer is not None:
             self.writer.close()
         if self.wandb_run is not None:
             self.wandb_run.summary.update({f"summary/{key}": value for key, value in self.summary().items()})
             self.wandb_run.finish()
+
+
+def end_of_run(logger: StatsLogger, epoch: int, num_epochs: int, saved_epoch: int | None, stopped_by: str | None,
+               perf: dict[str, float]) -> str:
+    """What a run says when it stops (normally, at Ctrl-C or SIGTERM): where it is, how far it got, its
+    last and best scores, its checkpoint, where the time went (with hints, timing.hints), and the
+    commands to evaluate, plot and resume it."""
+    run_dir, summary = logger.run_dir, logger.summary()
+    how = f"stopped by {stopped_by} at epoch {epoch:,} of {num_epochs:,}" if stopped_by else \
+        f"finished: {epoch:,} epochs"
+    lines = [f"run {how}, {summary['agent_steps']:,} agent steps in {format_duration(summary['seconds'])} "
+             f"({summary['steps_per_second']:,.0f} steps/s); return {summary['mean_return_last20']:.4g} (last 20)",
+             f"  run directory: {run_dir} (summary.json, episodes.csv, config.json)"]
+    for key, value in logger.last_scores.items():
+        lines.append(f"  evaluation {key}: last {value:.4g}, best {logger.best_scores[key]:.4g}")
+    if saved_epoch is not None:
+        lines.append(f"  checkpoint: epoch {saved_epoch:,} ({os.path.join(run_dir, 'trainer_states')})")
+    shares = {part[:-6]: share for part, share in perf.items() if part.endswith("_share") and share >= 0.005}
+    if shares:
+        lines.append("  where the time went: " + ", ".join(f"{part} {share:.0%}" for part, share in
+                                                           sorted(shares.items(), key=lambda item: -item[1])))
+        lines += [f"  try: {hint}" for hint in hints({part[:-2]: s for part, s in perf.items() if part.endswith("_s")})]
+    longer = f" --trainer.total-timesteps {2 * summary['agent_steps']}" if not stopped_by else ""
+    lines += ["next:", f"  python -m cleanmetta.evaluate {run_dir}",
+              f"  python -m cleanmetta.plot {run_dir} --out {os.path.join(run_dir, 'curves.png')}",
+              f"  python train.py --resume {run_dir}{longer}"]
+    return "\n".join(lines)

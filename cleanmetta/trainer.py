@@ -44,12 +44,13 @@ from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, suite_from_config, video_dir
 from cleanmetta.experience import Experience
 from cleanmetta.files import make_directory
-from cleanmetta.log import StatsLogger, start_wandb
+from cleanmetta.log import StatsLogger, end_of_run, start_wandb
 from cleanmetta.losses import make_custom_losses, set_agent_steps
 from cleanmetta.normalize import RewardScaler
 from cleanmetta.optimizers import averaged_weights, make_optimizer, set_learning_rate
 from cleanmetta.ppo import CustomLoss, PPOOptimizer
 from cleanmetta.resume import finished, restore_checkpoint, save_checkpoint
+from cleanmetta.timing import Split
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,6 +146,25 @@ def announce(run_dir: str, config: TrainingConfig, experience: Experience) -> No
           flush=True)
 
 
+def announce_resume(run_dir: str, config: TrainingConfig, experience: Experience, epoch: int) -> None:
+    """A resumed run (rank 0) whose budget or schedule changed says what that does to the learning rate:
+    the schedule runs over the new number of epochs, so the rate at the resumed epoch moves."""
+    path = os.path.join(run_dir, "config.json")  # the run's config so far (the logger rewrites it later)
+    if not epoch or not distributed.is_main() or not os.path.exists(path):
+        return
+    try:
+        before = TrainingConfig.from_yaml(path)
+    except (OSError, ValueError):
+        return
+    num_epochs, epochs_before = num_epochs_for(config, experience), num_epochs_for(before, experience)
+    now, then = (learning_rate_at(config.trainer, epoch, num_epochs),
+                 learning_rate_at(before.trainer, epoch, epochs_before))
+    if not math.isclose(now, then, rel_tol=1e-9, abs_tol=1e-15):
+        print(f"resuming at epoch {epoch:,}: the learning-rate schedule now runs over {num_epochs:,} epochs (it ran "
+              f"over {epochs_before:,}), so the rate at this epoch is {now:.3g} where the run had reached {then:.3g}",
+              flush=True)
+
+
 class StopOnSignal:
     """SIGINT / SIGTERM ask the loop to stop after the current epoch (which then saves); a second
     SIGINT interrupts at once.
@@ -156,6 +176,7 @@ class StopOnSignal:
 
     def __init__(self):
         self.signalled = False
+        self.signal_name: str | None = None  # the signal that stopped the run (end_of_run says it)
         self.agreed = False
         self.previous: dict[int, Any] = {}
 
@@ -177,9 +198,8 @@ class StopOnSignal:
     def _handle(self, signum, frame) -> None:
         if self.signalled and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signalled = True
-        print(f"\n{signal.Signals(signum).name}: finishing this epoch, saving a checkpoint, then exiting",
-              flush=True)
+        self.signalled, self.signal_name = True, signal.Signals(signum).name
+        print(f"\n{self.signal_name}: finishing this epoch, saving a checkpoint, then exiting", flush=True)
 
     def __enter__(self) -> StopOnSignal:
         try:
@@ -252,6 +272,7 @@ class TrainingComponents:
     curriculum: Curriculum | None = None  # learning progress learns from every rollout's episodes
     start_epoch: int = 0        # where the run directory's checkpoint left off (0 for a new run)
     start_agent_steps: int = 0
+    split: Split = field(default_factory=lambda: Split(distributed.waited))  # where each epoch's time goes
 
 
 def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, policy, vecenv,
@@ -275,12 +296,14 @@ def create_training_components(config: TrainingConfig, ppo_config: PPOConfig, po
         checkpointer.wandb_run = wandb_run
     losses = list(custom_losses) if custom_losses is not None else make_custom_losses(ppo_config, vecenv, device)
     announce(run_dir, config, experience)
+    announce_resume(run_dir, config, experience, epoch)
+    logger = StatsLogger(run_dir, config, planned_steps(config, experience), config.log.tensorboard,
+                         config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run)
+    split = Split(distributed.waited)  # the epochs' time from here on
     return TrainingComponents(
-        policy=policy, optimizer=optimizer, vecenv=vecenv,
-        collector=RolloutCollector(vecenv, policy, experience, device, reward_scaler),
-        ppo=PPOOptimizer(policy, optimizer, device, ppo_config),
-        logger=StatsLogger(run_dir, config, planned_steps(config, experience), config.log.tensorboard,
-                           config.log.console_interval, start_step=agent_steps, wandb_run=wandb_run),
+        policy=policy, optimizer=optimizer, vecenv=vecenv, split=split,
+        collector=RolloutCollector(vecenv, policy, experience, device, reward_scaler, split),
+        ppo=PPOOptimizer(policy, optimizer, device, ppo_config), logger=logger,
         checkpointer=checkpointer,
         evaluator=evaluator,
         custom_losses=losses, device=device, curriculum=curriculum, start_epoch=epoch, start_agent_steps=agent_steps,
@@ -306,19 +329,23 @@ def default_training_step(state: TrainingState, components: TrainingComponents, 
     state.agent_steps += num_steps
     curriculum_stats = c.curriculum.update(rollout_stats) if c.curriculum is not None else {}
     set_agent_steps(c.custom_losses, state.agent_steps)
-    update_stats = c.ppo.update(experience, c.custom_losses, progress=(state.epoch + 1) / state.num_epochs)
+    with c.split.part("update"):
+        update_stats = c.ppo.update(experience, c.custom_losses, progress=(state.epoch + 1) / state.num_epochs)
     state.epoch += 1
-    c.logger.log_epoch(state.agent_steps, rollout_stats, update_stats, state.learning_rate, curriculum_stats)
+    with c.split.part("logging"):
+        c.logger.log_epoch(state.agent_steps, rollout_stats, update_stats, state.learning_rate, curriculum_stats,
+                           c.split.epoch())
 
     evaluated = bool(config.evaluation.interval) and state.epoch % config.evaluation.interval == 0
-    with saving:
+    with saving, c.split.part("evaluation"):
         with averaged_weights(c.optimizer, when=evaluated):  # schedule-free: evaluate its averaged weights
             state.scores = evaluate_and_log(c.evaluator, c.policy, c.logger, state.agent_steps) if evaluated else {}
     last = state.stop.sync() or state.epoch >= state.num_epochs  # torchrun: every rank stops at the same epoch
     # an evaluated policy is saved with its scores, so that best:<score> can choose it
     if last or evaluated or (config.checkpoint.interval and state.epoch % config.checkpoint.interval == 0):
-        save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps, state.scores,
-                        c.collector.reward_scaler, c.curriculum)
+        with c.split.part("checkpoint"):
+            save_checkpoint(c.checkpointer, config, c.policy, c.optimizer, state.epoch, state.agent_steps,
+                            state.scores, c.collector.reward_scaler, c.curriculum)
         state.checkpoint_epoch = state.epoch
     return update_stats
 
@@ -333,7 +360,7 @@ def evaluate_and_log(evaluator: PolicyEvaluator, policy, logger: StatsLogger, ag
     for name, result in evaluator.evaluate(policy, agent_steps).items():
         scores.update(result.scores(name))
         videos.update({f"videos/{name}": path for path in result.recordings if path.endswith(".mp4")})
-    logger.log_scalars(agent_steps, {f"eval/{key}": value for key, value in scores.items()})
+    logger.log_evaluation(agent_steps, scores)  # TensorBoard / wandb, and said when it arrives
     logger.log_videos(agent_steps, videos)
     return scores
 
@@ -379,6 +406,8 @@ def functional_training_loop(config: TrainingConfig, ppo_config: PPOConfig, poli
     if state.checkpoint_epoch != state.epoch:  # e.g. a step_fn that stopped early: never lose the last epochs
         save_checkpoint(components.checkpointer, config, policy, components.optimizer, state.epoch,
                         state.agent_steps, state.scores, components.collector.reward_scaler, curriculum)
-    components.logger.close()
+    perf = components.split.whole_run()
+    components.logger.close(perf, end_of_run(components.logger, state.epoch, state.num_epochs, state.checkpoint_epoch,
+                                             state.stop.signal_name, perf))
     vecenv.close()
     return state

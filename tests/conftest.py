@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 
 EXTRA_MODULES = {"mettagrid": ["mettagrid"], "atari": ["ale_py"], "wandb": ["wandb"], "plot": ["matplotlib"],
                  "video": ["moviepy", "pygame", "imageio_ffmpeg"], "mujoco": ["mujoco", "imageio"],
-                 "schedulefree": ["schedulefree"], "tune": ["optuna"]}
+                 "schedulefree": ["schedulefree"], "tune": ["optuna"], "dashboard": ["rich"]}
 """The modules each optional extra of pyproject.toml installs (a test keeps the keys equal to its extras)."""
 OPTIONAL = {module for modules in EXTRA_MODULES.values() for module in modules}
 

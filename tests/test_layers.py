@@ -15,12 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [  # bottom first
     ["config", "distributed", "spaces", "files", "fast",   # 1 plain dataclasses, presets; the process group;
-     "learning_progress"],                                 #   spaces and how observations are stored; atomic
+     "learning_progress", "timing"],                       #   spaces and how observations are stored; atomic
                                                            #   files; faster equivalents of plain torch calls;
-                                                           #   learning progress's maths on task scores
+                                                           #   learning progress's maths on task scores; where
+                                                           #   an epoch's time goes
     ["curriculum", "normalize", "experience", "workers", "video",  # 2 tasks, running statistics, buffers,
-     "imports"],                                           #   env worker processes, mp4 files; objects named
-                                                           #   by import path
+     "imports", "dashboard"],                              #   env worker processes, mp4 files; objects named
+                                                           #   by import path; the live terminal panel
     ["mettagrid_env", "atari", "env_checks",               # 3 the optional MettaGrid and Atari vector envs;
      "optimizers"],                                        #   what building an env checks, one-line errors;
                                                            #   trainer.optimizer's optimisers

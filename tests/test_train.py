@@ -176,7 +176,9 @@ def test_a_run_prints_its_directory_and_its_budget_in_whole_rollouts(tmp_run_roo
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (f"run directory: {result['run_dir']} | 3 epochs x 512 agent steps = 1,536 "
                         "(trainer.total_timesteps 1,200 rounded up to whole rollouts)")
-    assert lines[-1].startswith("[100.0%] step 1,536/1,536 ")  # never past 100%
+    progress = [line for line in lines if line.startswith("[")]
+    assert progress[-1].startswith("[100.0%] step 1,536/1,536 ")  # never past 100%
+    assert lines[lines.index(progress[-1]) + 1].startswith("run finished: 3 epochs, 1,536 agent steps in ")
 
 
 def test_an_env_whose_package_is_missing_is_a_one_line_error(tmp_run_root):
