@@ -2,7 +2,7 @@
 
     python train.py                                   # CartPole-v1, reference PPO settings
     python train.py --env.id Acrobot-v1 --trainer.total-timesteps 1000000
-    python train.py --preset small_fast               # a named preset (see config.PRESETS)
+    python train.py --preset small_fast               # a named preset (see presets.PRESETS)
     python train.py --config run.yaml --seed 3        # a config file, then flags on top
     python train.py --resume runs/NAME                # continue a run from its last checkpoint
     python train.py --log.wandb --evaluation.interval 10 --evaluation.video   # wandb run, evaluation videos

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cleanmetta.checkpoint import PolicyStore
-from cleanmetta.config import import_extra, mettagrid_config
+from cleanmetta.config import import_extra
+from cleanmetta.presets import mettagrid_config
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, Simulation
 from cleanmetta.files import write_json, write_text

@@ -29,7 +29,7 @@ import compare  # noqa: E402  (this folder is first on sys.path)
 
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p) != HERE]  # benchmarks/mettagrid.py: not the package
 
-from cleanmetta.config import mettagrid_config  # noqa: E402
+from cleanmetta.presets import mettagrid_config  # noqa: E402
 
 
 def main() -> None:

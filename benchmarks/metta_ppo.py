@@ -93,7 +93,7 @@ def update_cost(repeats: int = 7) -> dict:
     import torch  # the update part alone needs these: the learning part runs train.py in fresh processes
 
     from cleanmetta.collector import RolloutCollector
-    from cleanmetta.config import mettagrid_config
+    from cleanmetta.presets import mettagrid_config
     from cleanmetta.envs import make_vecenv
     from cleanmetta.experience import Experience
     from cleanmetta.losses import Kickstarter

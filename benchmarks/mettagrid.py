@@ -36,7 +36,7 @@ compare = sys.modules["compare"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compare)
 
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
-from cleanmetta.config import mettagrid_config  # noqa: E402
+from cleanmetta.presets import mettagrid_config  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import tyro
 
 from cleanmetta.checkpoint import CheckpointError
-from cleanmetta.config import BOOL_WORDS, PRESETS, ConfigError, TrainingConfig, read_bool
+from cleanmetta.config import BOOL_WORDS, ConfigError, TrainingConfig, read_bool
+from cleanmetta.presets import PRESETS
 from cleanmetta.distributed import DistributedError
 from cleanmetta.files import WriteError
 from cleanmetta.resume import config_file_base, resume_base

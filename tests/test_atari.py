@@ -13,7 +13,8 @@ import train  # noqa: E402
 from cleanmetta.atari import AtariGames, make_atari_vecenv  # noqa: E402
 from cleanmetta.checkpoint import PolicyStore  # noqa: E402
 from cleanmetta.collector import RolloutCollector  # noqa: E402
-from cleanmetta.config import PRESETS, EnvConfig  # noqa: E402
+from cleanmetta.config import EnvConfig  # noqa: E402
+from cleanmetta.presets import PRESETS  # noqa: E402
 from cleanmetta.envs import make_vecenv  # noqa: E402
 from cleanmetta.evaluate import PolicyEvaluator, Simulation  # noqa: E402
 from cleanmetta.experience import Experience  # noqa: E402

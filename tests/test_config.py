@@ -9,7 +9,8 @@ import pytest
 import tyro
 
 import train
-from cleanmetta.config import PRESETS, ConfigError, TrainingConfig, small_fast_config
+from cleanmetta.config import ConfigError, TrainingConfig, small_fast_config
+from cleanmetta.presets import PRESETS
 
 
 def test_defaults_are_the_cartpole_reference_settings():
@@ -216,3 +217,15 @@ def test_the_mountaincar_preset_has_rl_zoos_settings():
     assert (c.ppo.num_minibatches, c.ppo.update_epochs, c.ppo.gae_lambda, c.ppo.ent_coef) == (4, 4, 0.98, 0.0)
     assert (c.trainer.learning_rate, c.trainer.anneal_lr) == (3e-4, False)
     assert c.agent.normalize_obs and c.ppo.normalize_reward
+
+
+def test_presets_keep_their_old_import_path_from_config():
+    # They moved to presets.py (config.py imports nothing of ours); code written against
+    # `from cleanmetta.config import mettagrid_config` keeps running and gets the same functions.
+    from cleanmetta import config, presets
+    from cleanmetta.config import PRESETS as old_presets, mettagrid_config as old_mettagrid_config
+    assert old_presets is presets.PRESETS and old_mettagrid_config is presets.mettagrid_config
+    for name, make in presets.PRESETS.items():
+        if make.__module__ == "cleanmetta.presets":
+            assert getattr(config, make.__name__) is make, name
+    assert presets.PRESETS["small_fast"] is config.small_fast_config

@@ -105,7 +105,7 @@ def test_base_flags_take_the_equals_form_too(tmp_path):
 
 
 def test_help_lists_the_base_flags_and_the_preset_names_and_survives_a_closed_pipe():
-    from cleanmetta.config import PRESETS
+    from cleanmetta.presets import PRESETS
 
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0

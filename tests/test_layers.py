@@ -14,14 +14,15 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [  # bottom first
-    ["config", "distributed", "spaces", "files", "fast",   # 1 plain dataclasses, presets; the process group;
+    ["config", "distributed", "spaces", "files", "fast",   # 1 plain dataclasses; the process group;
      "learning_progress", "timing"],                       #   spaces and how observations are stored; atomic
                                                            #   files; faster equivalents of plain torch calls;
                                                            #   learning progress's maths on task scores; where
                                                            #   an epoch's time goes
     ["curriculum", "normalize", "experience", "workers", "video",  # 2 tasks, running statistics, buffers,
-     "imports", "dashboard"],                              #   env worker processes, mp4 files; objects named
-                                                           #   by import path; the live terminal panel
+     "imports", "dashboard", "presets"],                   #   env worker processes, mp4 files; objects named
+                                                           #   by import path; the live terminal panel; the
+                                                           #   named presets
     ["mettagrid_env", "atari", "env_checks",               # 3 the optional MettaGrid and Atari vector envs;
      "optimizers"],                                        #   what building an env checks, one-line errors;
                                                            #   trainer.optimizer's optimisers

@@ -14,7 +14,8 @@ import torch
 from gymnasium import spaces
 
 import train
-from cleanmetta.config import ConfigError, EnvConfig, mettagrid_config
+from cleanmetta.config import ConfigError, EnvConfig
+from cleanmetta.presets import mettagrid_config
 from cleanmetta.curriculum import RandomCurriculum
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, Simulation

@@ -6,7 +6,8 @@ import torch
 
 import train
 from cleanmetta.checkpoint import PolicyStore, TrainingCheckpointer
-from cleanmetta.config import ConfigError, continuous_config
+from cleanmetta.config import ConfigError
+from cleanmetta.presets import continuous_config
 from cleanmetta.evaluate import PolicyEvaluator, Simulation
 from cleanmetta.normalize import ObservationNorm, RewardScaler, RunningMeanStd
 

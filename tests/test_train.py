@@ -9,7 +9,8 @@ import torch
 
 import train
 from cleanmetta.checkpoint import PolicyStore
-from cleanmetta.config import ConfigError, TrainingConfig, continuous_config, mettagrid_config, small_fast_config
+from cleanmetta.config import ConfigError, TrainingConfig, small_fast_config
+from cleanmetta.presets import continuous_config, mettagrid_config
 from cleanmetta.spaces import space_from_dict
 from cleanmetta.trainer import learning_rate_at, resolve_device
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import train
-from cleanmetta.config import AgentConfig, ConfigError, EnvConfig, mettagrid_config, small_fast_config
+from cleanmetta.config import AgentConfig, ConfigError, EnvConfig, small_fast_config
+from cleanmetta.presets import mettagrid_config
 from cleanmetta.envs import make_vecenv
 from cleanmetta.evaluate import PolicyEvaluator, Simulation
 from cleanmetta.evaluate import main as evaluate_main

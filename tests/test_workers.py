@@ -16,7 +16,8 @@ from gymnasium import spaces
 import train
 from cleanmetta.checkpoint import trainer_state_paths
 from cleanmetta.collector import RolloutCollector
-from cleanmetta.config import EnvConfig, mettagrid_config
+from cleanmetta.config import EnvConfig
+from cleanmetta.presets import mettagrid_config
 from cleanmetta.curriculum import RandomCurriculum
 from cleanmetta.envs import make_vecenv
 from cleanmetta.experience import Experience
