@@ -8,9 +8,9 @@
 
 Progress with its ETA; steps per second now (the last epoch) and over the run; the last epoch's
 time split (timing.py) as bars; the CPU time the process used per second of wall time and its
-memory (resident set size; on CUDA the device's use, with NVML, and allocated memory); the PPO diagnostics (losses,
-approx_kl, clipfrac, explained variance, learning rate); the last episodes' return and length;
-the latest evaluation's scores; and the curriculum's families when one runs.
+memory (resident set size; on CUDA the device's use, with NVML, and allocated memory); the PPO
+diagnostics (losses, approx_kl, clipfrac, explained variance, learning rate); the last episodes'
+return and length; the latest evaluation's scores; and the curriculum's families when one runs.
 
 `--log.dashboard auto` (the default) shows it when standard output is a terminal and `rich` is
 installed (the `dashboard` extra), on torchrun's rank 0 only; elsewhere (CI, nohup, a pipe, the
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from cleanmetta.config import LogConfig, import_extra
-from cleanmetta.timing import PARTS
+from cleanmetta.timing import PARTS, format_duration
 
 DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")
 
@@ -73,7 +73,7 @@ class Dashboard:
         self.cpu = (time.process_time(), time.perf_counter(), 0.0)  # (cpu, wall) at the last epoch, CPU share
         self.console = console or rich.console.Console()
         self.live = rich.live.Live(get_renderable=self.render, console=self.console, refresh_per_second=4,
-                         redirect_stdout=True, redirect_stderr=True)
+                                   redirect_stdout=True, redirect_stderr=True)
         self.live.start()
         atexit.register(self.stop)  # an error that ends the run still restores the terminal
 
@@ -103,9 +103,9 @@ class Dashboard:
         head.add_column(justify="right")
         if self.total_steps:
             eta = (self.total_steps - steps) / mean_sps if mean_sps > 0 else float("inf")
-            eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 * 30 else "?"
             head.add_row(self.rich.progress_bar.ProgressBar(total=self.total_steps, completed=steps),
-                         f"{100 * steps / self.total_steps:5.1f}%  {steps:,}/{self.total_steps:,}  ETA {eta_text}")
+                         f"{100 * steps / self.total_steps:5.1f}%  {steps:,}/{self.total_steps:,}  "
+                         f"ETA {format_duration(eta)}")
         resources = f"CPU {100 * self.cpu[2]:.0f}%  RSS {memory_mb():,.0f} MB"
         if s.get("cuda_mb") is not None:
             use = f" {s['cuda_use']}%" if s.get("cuda_use") is not None else ""

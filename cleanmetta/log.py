@@ -45,7 +45,7 @@ from cleanmetta.config import TrainingConfig, import_extra
 from cleanmetta.curriculum import Curriculum, Task, configured_families
 from cleanmetta.dashboard import Dashboard, wanted
 from cleanmetta.files import write_json, write_text
-from cleanmetta.timing import hints
+from cleanmetta.timing import format_duration, hints
 
 # update() stats key -> TensorBoard tag; any other key (a custom loss) is logged as losses/<key>.
 LOSS_TAGS = {
@@ -56,14 +56,6 @@ LOSS_TAGS = {
     "clipfrac": "losses/clipfrac",
     "explained_variance": "losses/explained_variance",
 }
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def cut_episodes_back(path: str, agent_steps: int, window: int = 20) -> tuple[list[float], float]:

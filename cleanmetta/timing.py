@@ -3,7 +3,6 @@
     split = Split()
     with split.part("update"):          # a part around a call (train.py's loop)
         ppo.update(experience)
-    split.add("env", seconds)           # or seconds measured where a loop cannot take a `with`
     split.epoch()                       # {"env": s, ..., "other": s, "wall": s}, then the next epoch
 
 The parts: `env` (stepping the vector env, or waiting for its worker processes), `policy` (the
@@ -14,11 +13,13 @@ the other processes; taken out of the part it happened in) and `other` (the rest
 wall time). A `with split.part(...)` block costs about 0.44 µs: the collector times three parts
 per env step, 0.17 ms of a CartPole epoch's ~40 ms (docs/logging.md has the measurement).
 
-`hints()` reads a split as a user would: the largest part and the flags that shrink it.
+`hints()` reads a split as a user would: the largest part and the flags that shrink it;
+`format_duration()` writes seconds as the console and the panel show them (1:02:03, 2:03).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -51,9 +52,6 @@ class Split:
         self.started = time.perf_counter()
         self.waited_before = self.waited()
         self._parts = {name: _Part(self, name) for name in PARTS}
-
-    def add(self, part: str, seconds: float) -> None:
-        self.seconds[part] += seconds
 
     def part(self, name: str) -> _Part:
         """`with split.part(name):` adds the block's seconds to `name` (less what it waited for other ranks)."""
@@ -103,3 +101,12 @@ def hints(totals: dict[str, float]) -> list[str]:
     wall = totals.get("wall") or 1e-9
     parts = sorted((part for part in PARTS if totals.get(part, 0.0) / wall >= 0.25), key=lambda p: -totals[p])
     return [f"{part} {totals[part] / wall:.0%}: {HINTS[part]}" for part in parts]
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as H:MM:SS, or M:SS under an hour; '?' when not finite (an ETA before any speed)."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

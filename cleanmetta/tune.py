@@ -101,9 +101,14 @@ def parse_space(texts: list[str]) -> list[Param]:
     return params
 
 
+def plain(data: Any) -> Any:
+    """`data` as JSON stores it (tuples as lists), a copy: what Optuna's storage keeps and gives back."""
+    return json.loads(json.dumps(data))
+
+
 def config_with(base: TrainingConfig, values: dict[str, Any]) -> TrainingConfig:
     """`base` with each dotted flag of `values` set (ConfigError naming an unknown flag or a bad value)."""
-    data = json.loads(json.dumps(base.to_dict()))
+    data = plain(base.to_dict())
     for name, value in values.items():
         section = data
         *path, last = name.split(".")
@@ -206,14 +211,14 @@ def open_study(args: argparse.Namespace, base: TrainingConfig) -> tuple[Any, Any
     directions = ["maximize", "minimize"] if args.two_objectives else ["maximize"]
     study = optuna.create_study(storage=storage, study_name=args.study_name, sampler=sampler, pruner=pruner,
                                 directions=directions, load_if_exists=True)
-    settings = {"space": sorted(args.space), "tasks": args.tasks, "score_ranges": args.ranges, "seeds": args.seeds,
-                "objective": args.objective, "last_episodes": args.last_episodes, "reports": args.reports,
-                "base": json.loads(json.dumps(base.to_dict()))}
+    settings = plain({"space": sorted(args.space), "tasks": args.tasks, "score_ranges": args.ranges,
+                      "seeds": args.seeds, "objective": args.objective, "last_episodes": args.last_episodes,
+                      "reports": args.reports, "base": base.to_dict()})
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", settings)
-    elif saved != json.loads(json.dumps(settings)):
-        changed = sorted(key for key in settings if saved.get(key) != json.loads(json.dumps(settings[key])))
+    elif saved != settings:
+        changed = sorted(key for key in settings if saved.get(key) != settings[key])
         raise ConfigError(f"the study {args.study_name!r} in {url} was made with other settings ({', '.join(changed)}): "
                           "continue it with the same flags, or start another with --study-dir or --study-name")
     fail_orphans(study, storage)
@@ -274,8 +279,9 @@ class Objective:
         trial_dir = os.path.join(args.study_dir, "trials", str(trial.number))
         config = config_with(self.base, {**values, "env.id": args.tasks[0], "seed": 1})  # best.yaml's task, seed
         make_directory(trial_dir, "--study-dir")
-        write_json(os.path.join(trial_dir, "config.json"), config.to_dict())
-        trial.set_user_attr("config", json.loads(json.dumps(config.to_dict())))  # best.yaml on any worker's machine
+        data = plain(config.to_dict())
+        write_json(os.path.join(trial_dir, "config.json"), data)
+        trial.set_user_attr("config", data)  # best.yaml on any worker's machine
         runs, seconds, steps = [], 0.0, 0
         try:
             for task in range(len(args.tasks)):
@@ -325,10 +331,8 @@ class Objective:
         while True:
             done = not process.is_alive()
             for point in run.passed(run.new_rows(), done and process.exitcode == 0):
-                so_far = [s for s in run.scores[:point + 1] if not math.isnan(s)]  # (auc) its mean up to here
-                score = run.scores[point] if self.args.objective != "auc" else \
-                    sum(so_far) / len(so_far) if so_far else math.nan
-                if self.args.two_objectives or math.isnan(score):
+                score = run.scores[point] if self.args.objective != "auc" else run.area(point + 1)  # auc: up to here
+                if self.args.two_objectives or score is None or math.isnan(score):
                     continue
                 trial.report((sum(finished) + score) / (len(finished) + 1), step=index * self.args.reports + point)
                 if not done and trial.should_prune():

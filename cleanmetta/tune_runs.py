@@ -131,11 +131,15 @@ class Run:
             new.append(len(self.scores) - 1)
         return new
 
+    def area(self, points: int) -> float | None:
+        """(auc) The mean score over the first `points` report points, those before the first episode
+        left out; None when there is none."""
+        scores = [score for score in self.scores[:points] if not math.isnan(score)]
+        return sum(scores) / len(scores) if scores else None
+
     def value(self) -> float:
         """The run's objective: its final score, or the mean of its report points' scores (auc)."""
-        scores = [score for score in self.scores if not math.isnan(score)]
-        score = self.score_of(self.rows) if self.args.objective != "auc" else \
-            sum(scores) / len(scores) if scores else None
+        score = self.score_of(self.rows) if self.args.objective != "auc" else self.area(len(self.scores))
         if score is None:
             raise RunError(f"{self.run_dir} finished no episode: raise --trainer.total-timesteps")
         return score
