@@ -259,9 +259,20 @@ class CustomLosses:
         self.fed = [asks_for(fn, "outputs") for fn in self.fns]
 
     def __call__(self, policy: nn.Module, mb: Batch, outputs: PolicyOutputs) -> dict[str, torch.Tensor]:
-        return {name: scalar(fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages,
-                                **({"outputs": outputs} if fed else {})), name)
-                for fn, fed, name in zip(self.fns, self.fed, self.names)}
+        values = {}
+        for fn, fed, name in zip(self.fns, self.fed, self.names):
+            try:
+                value = fn(policy, mb.obs, mb.actions, mb.rewards, mb.values, mb.advantages,
+                           **({"outputs": outputs} if fed else {}))
+            except (AttributeError, TypeError) as err:
+                if fed and outputs.params is None:  # most likely it used the parameters this network has not
+                    raise ConfigError(f"custom loss {name!r} failed ({type(err).__name__}: {err}): outputs.params is "
+                                      "None for a network with CleanRL's get_action_and_value only, which gives no "
+                                      "distribution parameters; write the network as a cleanmetta Policy "
+                                      "(docs/customizing.md) or use outputs.logprobs, entropy or values") from err
+                raise
+            values[name] = scalar(value, name)
+        return values
 
 
 class History:

@@ -17,7 +17,7 @@ import train
 from cleanmetta import evaluate
 from cleanmetta.checkpoint import CheckpointError, PolicyStore, TrainingCheckpointer, inconsistencies
 from cleanmetta.checkpoint import save_checkpoint as save_checkpoint_file
-from cleanmetta.config import AgentConfig, PPOConfig, TrainingConfig, small_fast_config
+from cleanmetta.config import AgentConfig, ConfigError, PPOConfig, TrainingConfig, small_fast_config
 from cleanmetta.curriculum import make_curriculum
 from cleanmetta.envs import make_vecenv
 from cleanmetta.experience import Experience
@@ -280,6 +280,25 @@ def test_a_loss_by_import_path_reads_the_logits_of_the_ppo_pass_without_a_second
     # by name on the command line and in YAML, beside the built-in ones
     losses = make_custom_losses(PPOConfig(custom_losses=["curiosity", "my_losses:logit_l2:coef=0.0001"]))
     assert [getattr(fn, "__name__") for fn in losses] == ["curiosity", "logit_l2"]
+
+
+def test_a_loss_on_the_logits_of_a_cleanrl_style_network_says_why_it_has_none(user_dir):
+    # get_action_and_value gives no distribution parameters: outputs.params is None, and the loss that
+    # reads it is stopped with a ConfigError (train.py's one-line errors) naming the loss and the way out
+    policy = make_policy(AgentConfig(network="my_nets:Agent"), spaces.Box(-1, 1, (4,)), spaces.Discrete(2))
+    assert isinstance(policy, NetworkPolicy)
+    experience = Experience(8, 4, spaces.Box(-1, 1, (4,)), spaces.Discrete(2))
+    experience.valid.fill_(1.0)
+    ppo = PPOOptimizer(policy, make_optimizer(policy, TrainingConfig().trainer, torch.device("cpu")), "cpu",
+                       PPOConfig(update_epochs=1, num_minibatches=2))
+    with pytest.raises(ConfigError, match=r"custom loss 'logit_l2' failed \(AttributeError: .*outputs.params is "
+                                          r"None for a network with CleanRL's get_action_and_value only"):
+        ppo.update(experience, [load_loss("my_losses:logit_l2")])
+
+    def entropy_floor(policy, obs, actions, rewards, values, advantages, outputs):  # what such a network gives
+        return (0.5 - outputs.entropy).clamp(min=0).mean()
+
+    assert "entropy_floor" in ppo.update(experience, [entropy_floor])
 
 
 def test_bad_extensions_are_refused_before_training_in_one_line(user_dir):
